@@ -1,0 +1,32 @@
+"""`/healthz` (the process answers) and `/readyz` (what it depends on answers)."""
+
+from __future__ import annotations
+
+import flask
+
+from gateway.errors import error_response
+
+__all__ = ["blueprint"]
+
+blueprint = flask.Blueprint("health", __name__)
+
+
+@blueprint.get("/healthz")
+def healthz() -> flask.Response:
+    return flask.jsonify({"status": "ok"})
+
+
+@blueprint.get("/readyz")
+def readyz() -> flask.Response:
+    settings = flask.current_app.extensions["tracegate.settings"]
+    checks: dict[str, str] = {}
+    if settings.redis_url:
+        import redis
+
+        try:
+            redis.Redis.from_url(settings.redis_url, socket_timeout=1.0).ping()
+            checks["redis"] = "ok"
+        except (redis.RedisError, OSError) as error:
+            checks["redis"] = f"unreachable: {type(error).__name__}"
+            return error_response(503, "not_ready", "redis is unreachable")
+    return flask.jsonify({"status": "ready", "checks": checks})

@@ -1,0 +1,111 @@
+"""The `tracegate` command line.
+
+    tracegate serve [--host H] [--port P] [--workers N] [--threads N]
+
+Settings come from the environment (see config/example.env); flags override them.
+A bad setting prints every problem and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from gateway.settings import ConfigError, Settings
+
+__all__ = ["main"]
+
+
+def _version() -> str:
+    try:
+        return version("tracegate")
+    except PackageNotFoundError:  # running from a source tree
+        return "0+unknown"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tracegate",
+        description="One trace id from the first header to Sentry and OTLP.",
+    )
+    parser.add_argument("--version", action="version", version=f"tracegate {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="run the gateway under gunicorn",
+        description="Run the gateway under gunicorn; telemetry is set up in each worker.",
+    )
+    serve.add_argument("--host", help="address to bind (TRACEGATE_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (TRACEGATE_PORT, default 8080)")
+    serve.add_argument(
+        "--workers", type=int, help="worker processes (TRACEGATE_WORKERS, default 2)"
+    )
+    serve.add_argument(
+        "--threads", type=int, help="threads per worker (TRACEGATE_THREADS, default 4)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as error:
+        print(f"tracegate: {error}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        overrides = {
+            name: getattr(args, name)
+            for name in ("host", "port", "workers", "threads")
+            if getattr(args, name) is not None
+        }
+        settings = replace(settings, **overrides)
+        problems = settings.problems()
+        if problems:
+            print(f"tracegate: {ConfigError(problems)}", file=sys.stderr)
+            return 2
+        return serve(settings)
+    return 2  # argparse rejects unknown commands before this
+
+
+def serve(settings: Settings) -> int:
+    from gunicorn.app.base import BaseApplication
+
+    class Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            options: dict[str, Any] = {
+                "bind": f"{settings.host}:{settings.port}",
+                "workers": settings.workers,
+                "threads": settings.threads,
+                "worker_class": "gthread" if settings.threads > 1 else "sync",
+                "proc_name": "tracegate",
+                "worker_exit": _worker_exit,
+                "graceful_timeout": 10,
+            }
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            # Called in each worker after the fork: telemetry is set up there.
+            from gateway.app import create_app
+
+            return create_app(settings)
+
+    Server().run()
+    return 0
+
+
+def _worker_exit(server: Any, worker: Any) -> None:
+    import otel
+
+    telemetry = otel.active()
+    if telemetry is not None:
+        telemetry.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

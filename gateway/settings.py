@@ -1,0 +1,106 @@
+"""The gateway's settings: `Settings.from_env(environ)` is the only reader of the environment.
+
+Values come from the environment, over an optional TOML file named by
+`TRACEGATE_CONFIG` whose top-level keys are the same variable names
+(`OTEL_SERVICE_NAME = "checkout"`). Every bad value is listed in one `ConfigError`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from otel.config import ConfigError, EnvReader, TelemetryConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = ["ConfigError", "Settings"]
+
+_DEFAULT_SERVICE = "tracegate"
+
+
+@dataclass(frozen=True)
+class Settings:
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 2
+    threads: int = 4
+    redis_url: str = ""
+    demo_routes: bool = True
+    max_body_bytes: int = 1024 * 1024
+    config_file: str = ""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = dict(os.environ if environ is None else environ)
+        problems: list[str] = []
+        config_file = env.get("TRACEGATE_CONFIG", "").strip()
+        if config_file:
+            env = {**_read_toml(config_file, problems), **env}
+        env.setdefault("OTEL_SERVICE_NAME", _DEFAULT_SERVICE)
+        reader = EnvReader(env)
+        telemetry = TelemetryConfig()
+        try:
+            telemetry = TelemetryConfig.from_env(env)
+        except ConfigError as error:
+            problems += error.problems
+        settings = cls(
+            telemetry=telemetry,
+            host=env.get("TRACEGATE_HOST", "127.0.0.1").strip() or "127.0.0.1",
+            port=int(reader.number("TRACEGATE_PORT", 8080)),
+            workers=int(reader.number("TRACEGATE_WORKERS", 2)),
+            threads=int(reader.number("TRACEGATE_THREADS", 4)),
+            redis_url=env.get("REDIS_URL", "").strip(),
+            demo_routes=reader.flag("TRACEGATE_DEMO_ROUTES", True),
+            max_body_bytes=int(reader.number("TRACEGATE_MAX_BODY_BYTES", 1024 * 1024)),
+            config_file=config_file,
+        )
+        problems += reader.problems + settings.problems()
+        if problems:
+            raise ConfigError(problems)
+        return settings
+
+    def problems(self) -> list[str]:
+        found = []
+        if not 0 < self.port < 65536:
+            found.append(f"TRACEGATE_PORT: {self.port} is not a TCP port")
+        if self.workers < 1:
+            found.append("TRACEGATE_WORKERS: must be at least 1")
+        if self.threads < 1:
+            found.append("TRACEGATE_THREADS: must be at least 1")
+        if self.max_body_bytes < 1:
+            found.append("TRACEGATE_MAX_BODY_BYTES: must be at least 1")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            found.append(
+                f"REDIS_URL: {self.redis_url!r} is not a redis://, rediss:// or unix:// URL"
+            )
+        return found
+
+
+def _read_toml(path: str, problems: list[str]) -> dict[str, str]:
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as error:
+        problems.append(f"TRACEGATE_CONFIG: cannot read {path}: {error.strerror}")
+        return {}
+    except tomllib.TOMLDecodeError as error:
+        problems.append(f"TRACEGATE_CONFIG: {path} is not valid TOML: {error}")
+        return {}
+    values: dict[str, str] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            continue  # tables belong to other sections (the task registry)
+        if isinstance(value, bool):
+            values[key] = "true" if value else "false"
+        elif isinstance(value, list):
+            values[key] = ",".join(str(v) for v in value)
+        else:
+            values[key] = str(value)
+    return values

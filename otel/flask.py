@@ -1,0 +1,123 @@
+"""Instrument a Flask app: server spans, trace response headers and CORS lists.
+
+OpenTelemetry's Flask instrumentation makes the server span (continuing the inbound
+trace through the global propagator, so tracegate's precedence applies). On top:
+
+- `traceresponse` and `X-Trace-ID` on every response of a traced request
+  (`X-Trace-ID` in UUID spelling, or hex with `trace_id_format="hex"`);
+- the request's trace context is pinned for Sentry from the first moment the server
+  span exists until the response is returned, sampled or not, so errors captured in
+  error handlers or teardown still link;
+- CORS: the trace headers are listed in `Access-Control-Expose-Headers` and, on
+  preflight from an allowed origin, in `Access-Control-Allow-Headers`.
+
+State lives in `app.extensions["tracegate"]`; nothing is kept in module globals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import flask
+from opentelemetry import trace
+from opentelemetry.instrumentation.flask import FlaskInstrumentor
+
+from otel import ids
+from otel.sentry import open_unit, pin, unpin
+
+__all__ = ["ALLOW_HEADERS", "EXPOSE_HEADERS", "FlaskTracing", "instrument_flask"]
+
+EXPOSE_HEADERS = ("traceresponse", "X-Trace-ID")
+ALLOW_HEADERS = ("traceparent", "tracestate", "baggage", "sentry-trace", "X-Trace-ID")
+
+
+@dataclass(frozen=True)
+class FlaskTracing:
+    """What `instrument_flask` set up, kept in `app.extensions["tracegate"]`."""
+
+    trace_id_format: str
+    cors_origins: tuple[str, ...]
+    excluded_urls: str
+
+
+def instrument_flask(
+    app: flask.Flask,
+    *,
+    tracer_provider: trace.TracerProvider | None = None,
+    trace_id_format: str = "uuid",
+    cors_origins: Iterable[str] = (),
+    excluded_urls: str = "",
+) -> flask.Flask:
+    """Instrument `app` once; a second call is a no-op."""
+    if "tracegate" in app.extensions:
+        return app
+    state = FlaskTracing(trace_id_format, tuple(cors_origins), excluded_urls)
+    app.extensions["tracegate"] = state
+    FlaskInstrumentor.instrument_app(
+        app,
+        tracer_provider=tracer_provider,
+        excluded_urls=excluded_urls,
+        request_hook=_pin_request,
+        enable_commenter=False,
+    )
+    app.wsgi_app = _Unpinning(app.wsgi_app)  # type: ignore[method-assign]
+    app.after_request(lambda response: _add_headers(state, response))
+    return app
+
+
+def _pin_request(span: trace.Span, environ: dict[str, Any]) -> None:
+    # Runs between span start and activation: the current span is still the inbound
+    # parent, which an unsampled (non-recording) server span cannot tell us later.
+    parent = trace.get_current_span().get_span_context()
+    pin(span.get_span_context(), parent.span_id if parent.is_valid else None)
+
+
+class _Unpinning:
+    """Outermost WSGI layer: whatever a request pinned is gone when it returns."""
+
+    def __init__(self, wsgi_app: Callable[..., Any]) -> None:
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        token = open_unit()
+        try:
+            return self.wsgi_app(environ, start_response)
+        finally:
+            unpin(token)
+
+
+def _add_headers(state: FlaskTracing, response: flask.Response) -> flask.Response:
+    span_context = trace.get_current_span().get_span_context()
+    if span_context.is_valid:
+        response.headers["traceresponse"] = ids.format_traceparent(
+            span_context.trace_id, span_context.span_id, span_context.trace_flags
+        )
+        response.headers["X-Trace-ID"] = (
+            ids.trace_id_hex(span_context.trace_id)
+            if state.trace_id_format == "hex"
+            else ids.trace_id_uuid(span_context.trace_id)
+        )
+    _add_cors(state, response)
+    return response
+
+
+def _add_cors(state: FlaskTracing, response: flask.Response) -> None:
+    _merge_list(response, "Access-Control-Expose-Headers", EXPOSE_HEADERS)
+    origin = flask.request.headers.get("Origin")
+    if not origin or not state.cors_origins:
+        return
+    if "*" not in state.cors_origins and origin not in state.cors_origins:
+        return
+    response.headers["Access-Control-Allow-Origin"] = origin
+    _merge_list(response, "Vary", ("Origin",))
+    if flask.request.method == "OPTIONS":
+        _merge_list(response, "Access-Control-Allow-Headers", ALLOW_HEADERS)
+
+
+def _merge_list(response: flask.Response, header: str, values: Iterable[str]) -> None:
+    present = [v.strip() for v in response.headers.get(header, "").split(",") if v.strip()]
+    lowered = {v.lower() for v in present}
+    present += [v for v in values if v.lower() not in lowered]
+    response.headers[header] = ", ".join(present)

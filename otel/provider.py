@@ -1,0 +1,178 @@
+"""The TracerProvider: resource, the one sampler, OTLP export, and a flush with a deadline.
+
+Built from a `TelemetryConfig`, never from import-time state. Fork safety comes from
+the SDK's batch processor, which re-creates its worker thread in a forked child
+(gunicorn workers, RQ work horses); `flush` bounds the wait for the export, which the
+SDK's own `force_flush` does not (it ignores its timeout).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import Link, SpanKind
+from opentelemetry.util.types import Attributes
+
+from otel.config import TelemetryConfig
+from otel.propagation import DEFERRED_SAMPLING_KEY, AdoptingIdGenerator
+
+__all__ = ["TracegateSampler", "build_exporter", "build_provider", "build_sampler", "flush"]
+
+logger = logging.getLogger(__name__)
+
+
+class TracegateSampler(Sampler):
+    """One head decision: parent-based, with two exceptions for remote parents.
+
+    A remote parent's flag is not obeyed when the configuration says inbound flags are
+    untrusted, nor when the parent deferred the decision (a `sentry-trace` without a
+    flag); then the root sampler decides, on the trace id, as every service would.
+    """
+
+    def __init__(self, root: Sampler, *, parent_based: bool, honour_inbound: bool) -> None:
+        self._root = root
+        self._parent_based = ParentBased(root) if parent_based else None
+        self._honour_inbound = honour_inbound
+
+    def should_sample(
+        self,
+        parent_context: otel_context.Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: list[Link] | None = None,
+        trace_state: trace.TraceState | None = None,
+    ) -> SamplingResult:
+        sampler = self._root
+        if self._parent_based is not None:
+            parent = trace.get_current_span(parent_context).get_span_context()
+            remote_undecided = parent.is_remote and (
+                not self._honour_inbound
+                or otel_context.get_value(DEFERRED_SAMPLING_KEY, parent_context)
+            )
+            if parent.is_valid and not remote_undecided:
+                sampler = self._parent_based
+        return sampler.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+
+    def get_description(self) -> str:
+        return f"TracegateSampler{{{self._root.get_description()}}}"
+
+
+def build_sampler(config: TelemetryConfig) -> TracegateSampler:
+    base = config.sampler.removeprefix("parentbased_")
+    root: Sampler
+    if base == "always_on":
+        root = ALWAYS_ON
+    elif base == "always_off":
+        root = ALWAYS_OFF
+    else:
+        root = TraceIdRatioBased(config.sampler_arg)
+    return TracegateSampler(
+        root, parent_based=config.parent_based, honour_inbound=config.honour_inbound_sampled
+    )
+
+
+def sample_rate(config: TelemetryConfig) -> float:
+    """The root sampler's rate, as Sentry's dynamic sampling context states it."""
+    base = config.sampler.removeprefix("parentbased_")
+    return {"always_on": 1.0, "always_off": 0.0}.get(base, config.sampler_arg)
+
+
+def build_exporter(config: TelemetryConfig) -> SpanExporter | None:
+    if not config.otlp_enabled:
+        return None
+    headers = dict(config.otlp_headers)
+    if config.otlp_protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+            Compression as GrpcCompression,
+        )
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+            OTLPSpanExporter as GrpcExporter,
+        )
+
+        grpc_compression = (
+            GrpcCompression.Gzip
+            if config.otlp_compression == "gzip"
+            else GrpcCompression.NoCompression
+        )
+        return GrpcExporter(
+            endpoint=config.otlp_url(),
+            headers=headers,
+            timeout=config.otlp_timeout_s,
+            compression=grpc_compression,
+        )
+    from opentelemetry.exporter.otlp.proto.http import Compression
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    compression = {
+        "gzip": Compression.Gzip,
+        "deflate": Compression.Deflate,
+    }.get(config.otlp_compression, Compression.NoCompression)
+    return OTLPSpanExporter(
+        endpoint=config.otlp_url(),
+        headers=headers,
+        timeout=config.otlp_timeout_s,
+        compression=compression,
+    )
+
+
+def build_provider(
+    config: TelemetryConfig, processors: list[SpanProcessor] | None = None
+) -> TracerProvider:
+    attributes = {"service.name": config.service_name, **config.resource_attributes}
+    if config.service_name == "unknown_service" and "service.name" in config.resource_attributes:
+        attributes["service.name"] = config.resource_attributes["service.name"]
+    provider = TracerProvider(
+        resource=Resource.create(attributes),
+        sampler=build_sampler(config),
+        id_generator=AdoptingIdGenerator(),
+    )
+    exporter = build_exporter(config)
+    if exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    for processor in processors or ():
+        provider.add_span_processor(processor)
+    return provider
+
+
+def flush(provider: trace.TracerProvider, timeout_s: float) -> bool:
+    """Export what is pending, waiting at most `timeout_s`; True when it finished.
+
+    The SDK's `force_flush` blocks until its exporter gives up (retries included), so
+    it runs in a daemon thread that is abandoned at the deadline.
+    """
+    force_flush = getattr(provider, "force_flush", None)
+    if force_flush is None:
+        return True
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            force_flush(int(timeout_s * 1000))
+        except Exception:  # telemetry must never break the caller
+            logger.exception("tracegate: flushing spans failed")
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="tracegate-flush", daemon=True).start()
+    finished = done.wait(timeout_s)
+    if not finished:
+        logger.warning("tracegate: span flush did not finish within %.2fs", timeout_s)
+    return finished

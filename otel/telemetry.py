@@ -1,0 +1,132 @@
+"""Process-wide setup: provider, propagator and Sentry, once per process.
+
+`setup()` is the only place that touches global state (OpenTelemetry's tracer
+provider and propagator, Sentry's client). It is idempotent and safe after a fork:
+the SDK's batch processor and sentry-sdk's transport restart their threads in the
+child, so a process forked after setup (gunicorn with preload, an RQ work horse)
+keeps exporting. `Telemetry.shutdown()` flushes and lets `setup()` run anew, which
+tests use to run several configurations in one process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import sentry_sdk
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.trace import TracerProvider
+
+from otel.config import TelemetryConfig
+from otel.propagation import DscDefaults, TracegatePropagator, compose
+from otel.provider import build_provider, flush, sample_rate
+from otel.sentry import SentryBridge, init_sentry
+
+__all__ = ["Telemetry", "active", "setup"]
+
+logger = logging.getLogger(__name__)
+_lock = threading.Lock()
+_active: Telemetry | None = None
+
+
+@dataclass
+class Telemetry:
+    """What `setup()` built for this process."""
+
+    config: TelemetryConfig
+    provider: TracerProvider | None
+    propagator: TracegatePropagator
+    bridge: SentryBridge | None
+
+    @property
+    def sentry_enabled(self) -> bool:
+        return self.bridge is not None
+
+    def tracer_provider(self) -> trace.TracerProvider:
+        return self.provider if self.provider is not None else trace.NoOpTracerProvider()
+
+    def tracer(self, name: str) -> trace.Tracer:
+        return self.tracer_provider().get_tracer(name)
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Export pending spans and send pending Sentry events within one deadline."""
+        budget = self.config.flush_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + budget
+        ok = True
+        if self.provider is not None:
+            ok = flush(self.provider, budget)
+        client = sentry_sdk.get_client()
+        if self.bridge is not None and client.is_active():
+            remaining = max(0.0, deadline - time.monotonic())
+            client.flush(timeout=remaining)
+        return ok
+
+    def shutdown(self, timeout_s: float | None = None) -> None:
+        global _active
+        self.flush(timeout_s)
+        if self.provider is not None:
+            self.provider.shutdown()
+        if self.bridge is not None:
+            sentry_sdk.get_client().close(timeout=0)
+        with _lock:
+            if _active is self:
+                _active = None
+
+
+def active() -> Telemetry | None:
+    return _active
+
+
+def setup(
+    config: TelemetryConfig | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Telemetry:
+    """Set up OpenTelemetry and Sentry for this process, or return what is set up.
+
+    `config` defaults to `TelemetryConfig.from_env(environ or os.environ)`; keyword
+    overrides name `TelemetryConfig` fields (`service_name="api"`, `sentry_dsn=""`).
+    """
+    global _active
+    with _lock:
+        if _active is not None:
+            if config is not None and config != _active.config:
+                logger.warning("tracegate: already set up in this process; new settings ignored")
+            return _active
+        if config is None:
+            config = TelemetryConfig.from_env(os.environ if environ is None else environ)
+        if overrides:
+            config = config.with_overrides(**overrides)
+        propagator = TracegatePropagator(
+            DscDefaults(
+                public_key=urlsplit(config.sentry_dsn).username or "",
+                environment=config.sentry_environment,
+                release=config.sentry_release,
+                sample_rate=sample_rate(config),
+            )
+        )
+        propagate.set_global_textmap(compose(propagate.get_global_textmap(), propagator))
+        bridge = None
+        if config.sentry_dsn or config.sentry_spotlight:
+            bridge = SentryBridge(config, propagator)
+            init_sentry(config, bridge)
+        provider = None
+        if not config.sdk_disabled:
+            provider = build_provider(config, [bridge] if bridge is not None else [])
+            _set_global_provider(provider)
+        _active = Telemetry(config, provider, propagator, bridge)
+        return _active
+
+
+def _set_global_provider(provider: TracerProvider) -> None:
+    # OpenTelemetry allows one global provider per process; the first setup owns it.
+    # Later ones (tests, a re-setup after shutdown) are used through `Telemetry`.
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        trace.set_tracer_provider(provider)
