@@ -11,6 +11,7 @@ import logging
 
 import flask
 import sentry_sdk
+from sentry_sdk.integrations.logging import ignore_logger
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 from werkzeug.exceptions import HTTPException
@@ -45,6 +46,9 @@ def _code_for(error: HTTPException) -> str:
 
 
 def register_errors(app: flask.Flask) -> None:
+    # The handler reports to Sentry itself; its log line must not become a second event.
+    ignore_logger(logger.name)
+
     @app.errorhandler(ApiError)
     def api_error(error: ApiError) -> flask.Response:
         return error_response(error.status, error.code, error.message)
