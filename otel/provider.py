@@ -9,7 +9,9 @@ SDK's own `force_flush` does not (it ignores its timeout).
 from __future__ import annotations
 
 import logging
+import os
 import threading
+from collections.abc import Sequence
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -55,7 +57,7 @@ class TracegateSampler(Sampler):
         name: str,
         kind: SpanKind | None = None,
         attributes: Attributes = None,
-        links: list[Link] | None = None,
+        links: Sequence[Link] | None = None,
         trace_state: trace.TraceState | None = None,
     ) -> SamplingResult:
         sampler = self._root
@@ -136,7 +138,12 @@ def build_exporter(config: TelemetryConfig) -> SpanExporter | None:
 def build_provider(
     config: TelemetryConfig, processors: list[SpanProcessor] | None = None
 ) -> TracerProvider:
-    attributes = {"service.name": config.service_name, **config.resource_attributes}
+    # process.pid tells gunicorn workers and RQ work horses apart; built after any fork.
+    attributes = {
+        "service.name": config.service_name,
+        "process.pid": os.getpid(),
+        **config.resource_attributes,
+    }
     if config.service_name == "unknown_service" and "service.name" in config.resource_attributes:
         attributes["service.name"] = config.resource_attributes["service.name"]
     provider = TracerProvider(

@@ -212,7 +212,7 @@ class SentryBridge(SpanProcessor):
             if not captured:
                 self._capture_span_error(span)
             if finished is not None:
-                sentry_sdk.capture_event(self._transaction(span, finished))
+                sentry_sdk.capture_event(self._transaction(span, finished))  # type: ignore[arg-type]
         except Exception:
             self._failed("on_end")
 
@@ -368,7 +368,7 @@ class SentryBridge(SpanProcessor):
             "contexts": {"trace": self._trace_context(current)},
             "tags": {"trace_id": self._spell(span_context.trace_id), "otel.span": span.name},
         }
-        sentry_sdk.capture_event(event)
+        sentry_sdk.capture_event(event)  # type: ignore[arg-type]
 
     def _failed(self, where: str) -> None:
         self.failures += 1
@@ -389,7 +389,7 @@ class TracegateIntegration(Integration):
 
     @staticmethod
     def setup_once() -> None:
-        add_global_event_processor(_process_event)
+        add_global_event_processor(_process_event)  # type: ignore[arg-type]
 
 
 def _process_event(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
