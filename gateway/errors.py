@@ -11,9 +11,9 @@ import logging
 
 import flask
 import sentry_sdk
-from sentry_sdk.integrations.logging import ignore_logger
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
+from sentry_sdk.integrations.logging import ignore_logger
 from werkzeug.exceptions import HTTPException
 
 import otel

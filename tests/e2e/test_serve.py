@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from peers import EnvelopeReceiver, OTLPReceiver
+from tests.peers import EnvelopeReceiver, OTLPReceiver
 
 TRACEGATE = str(Path(sys.executable).with_name("tracegate"))
 

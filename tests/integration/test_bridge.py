@@ -56,7 +56,9 @@ def test_traceparent_reaches_message_error_transaction_and_otlp(
 
     # The envelope's `trace` header carries the dynamic sampling context of the same trace.
     headers_of = [
-        env.headers for env in envelope_receiver.envelopes if env.headers.get("event_id") == message["event_id"]
+        env.headers
+        for env in envelope_receiver.envelopes
+        if env.headers.get("event_id") == message["event_id"]
     ]
     assert headers_of and headers_of[0]["trace"]["trace_id"] == TRACE
     assert headers_of[0]["trace"]["sampled"] == "true"
@@ -166,7 +168,9 @@ def test_unsampled_inbound_links_errors_but_sends_no_transaction_or_span(
     gateway.client.get("/healthz", headers={"traceparent": f"00-{'1' * 32}-{PARENT}-01"})
     gateway.flush()
     otlp_receiver.wait_for_span(lambda s: s.trace_id_hex == "1" * 32)
-    envelope_receiver.wait_for(lambda t: _trace_of(t)["trace_id"] == "1" * 32, item_type="transaction")
+    envelope_receiver.wait_for(
+        lambda t: _trace_of(t)["trace_id"] == "1" * 32, item_type="transaction"
+    )
     assert not [t for t in envelope_receiver.transactions() if _trace_of(t)["trace_id"] == TRACE]
     assert not [s for s in otlp_receiver.spans if s.trace_id_hex == TRACE]
 
@@ -198,9 +202,11 @@ def test_transaction_carries_child_spans_with_their_parents(
     @gateway.app.get("/work")
     def work() -> flask.Response:
         tracer = gateway.telemetry.tracer("test")
-        with tracer.start_as_current_span("load", attributes={"db.system": "redis"}):
-            with tracer.start_as_current_span("parse"):
-                pass
+        with (
+            tracer.start_as_current_span("load", attributes={"db.system": "redis"}),
+            tracer.start_as_current_span("parse"),
+        ):
+            pass
         return flask.jsonify({})
 
     gateway.client.get("/work", headers={"traceparent": f"00-{TRACE}-{PARENT}-01"})

@@ -53,7 +53,10 @@ def test_traceparent_wins_over_sentry_trace_and_x_trace_id() -> None:
 
 
 def test_invalid_traceparent_falls_back_to_sentry_trace() -> None:
-    carrier = {"traceparent": f"00-{TRACE.upper()}-{PARENT}-01", "sentry-trace": f"{TRACE}-{PARENT}-0"}
+    carrier = {
+        "traceparent": f"00-{TRACE.upper()}-{PARENT}-01",
+        "sentry-trace": f"{TRACE}-{PARENT}-0",
+    }
     span_context = _span_context(carrier)
     assert f"{span_context.trace_id:032x}" == TRACE
     assert not span_context.trace_flags.sampled
@@ -68,9 +71,11 @@ def test_tracestate_keeps_what_the_current_spec_keeps() -> None:
     state = _span_context(carrier).trace_state
     assert list(state.items()) == [("1vendor", "a"), (long_key, "b"), ("dup", "1")]
     # OpenTelemetry's own parser discards this header whole.
-    otel_state = trace.get_current_span(
-        TraceContextTextMapPropagator().extract(carrier)
-    ).get_span_context().trace_state
+    otel_state = (
+        trace.get_current_span(TraceContextTextMapPropagator().extract(carrier))
+        .get_span_context()
+        .trace_state
+    )
     assert len(otel_state) == 0
 
 
