@@ -139,7 +139,7 @@ def build_provider(
     config: TelemetryConfig, processors: list[SpanProcessor] | None = None
 ) -> TracerProvider:
     # process.pid tells gunicorn workers and RQ work horses apart; built after any fork.
-    attributes = {
+    attributes: dict[str, str | int] = {
         "service.name": config.service_name,
         "process.pid": os.getpid(),
         **config.resource_attributes,

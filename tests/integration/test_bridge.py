@@ -9,7 +9,7 @@ import flask
 import sentry_sdk
 from opentelemetry import trace
 
-from tests.integration.conftest import GatewayFactory
+from tests.harness import GatewayFactory
 from tests.peers.envelope import EnvelopeReceiver
 from tests.peers.otlp import OTLPReceiver
 

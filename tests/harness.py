@@ -1,0 +1,45 @@
+"""An in-process gateway for tests, wired to whatever peers the environment names."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import flask
+
+import otel
+from gateway.app import create_app
+from gateway.settings import Settings
+
+
+@dataclass
+class Gateway:
+    app: flask.Flask
+    client: flask.testing.FlaskClient
+    telemetry: otel.Telemetry
+
+    def flush(self) -> None:
+        assert self.telemetry.flush(5.0), "telemetry did not flush within 5 s"
+
+
+GatewayFactory = Callable[..., Gateway]
+
+
+@contextmanager
+def gateways(base_env: dict[str, str]) -> Iterator[GatewayFactory]:
+    """Yield a factory of gateways; their telemetry is shut down afterwards."""
+    started: list[Gateway] = []
+
+    def make(**env: str) -> Gateway:
+        environ = {"OTEL_SERVICE_NAME": "tracegate-test", "OTEL_BSP_SCHEDULE_DELAY": "50"}
+        app = create_app(Settings.from_env({**environ, **base_env, **env}))
+        gateway = Gateway(app, app.test_client(), app.extensions["tracegate.telemetry"])
+        started.append(gateway)
+        return gateway
+
+    try:
+        yield make
+    finally:
+        for gateway in started:
+            gateway.telemetry.shutdown(timeout_s=2.0)

@@ -1,0 +1,73 @@
+"""The same promise, checked by receivers we did not write: Spotlight's sidecar for
+Sentry envelopes and oteltap for OTLP/HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.harness import GatewayFactory, gateways
+from tests.peers.oteltap import OtelTap
+from tests.peers.spotlight import SpotlightSidecar
+
+pytestmark = pytest.mark.interop
+
+TRACE = "5bf92f3577b34da6a3ce929d0e0e4736"
+PARENT = "10f067aa0ba902b7"
+
+
+@pytest.fixture
+def make_gateway(spotlight: SpotlightSidecar, oteltap: OtelTap) -> Iterator[GatewayFactory]:
+    env = {"SENTRY_SPOTLIGHT": spotlight.url, "OTEL_EXPORTER_OTLP_ENDPOINT": oteltap.endpoint}
+    with gateways(env) as make:
+        yield make
+
+
+def _trace_id(payload: dict[str, Any]) -> str:
+    return str(payload["contexts"]["trace"]["trace_id"])
+
+
+def test_traceparent_reaches_spotlight_and_oteltap(
+    make_gateway: GatewayFactory, spotlight: SpotlightSidecar, oteltap: OtelTap
+) -> None:
+    gateway = make_gateway()
+    headers = {"traceparent": f"00-{TRACE}-{PARENT}-01"}
+    assert gateway.client.get("/example", headers=headers).status_code == 200
+    assert gateway.client.get("/example/error", headers=headers).status_code == 500
+    gateway.flush()
+
+    message = spotlight.wait_for(
+        lambda e: e["message"] == "Example route accessed", item_type="event"
+    )
+    assert _trace_id(message) == TRACE
+    assert message["contexts"]["trace"]["parent_span_id"] == PARENT
+    error = spotlight.wait_for(lambda e: "exception" in e, item_type="event")
+    assert _trace_id(error) == TRACE
+    transaction = spotlight.wait_for(
+        lambda t: t["transaction"] == "GET /example", item_type="transaction"
+    )
+    assert _trace_id(transaction) == TRACE
+    assert transaction["contexts"]["trace"]["parent_span_id"] == PARENT
+
+    span = oteltap.wait_for_span(lambda s: s.name == "GET /example")
+    assert (span.trace_id_hex, span.parent_span_id_hex) == (TRACE, PARENT)
+    assert span.span_id_hex == transaction["contexts"]["trace"]["span_id"]
+    assert span.attributes["sentry.event_id"] == message["event_id"]
+
+
+def test_unsampled_inbound_reaches_neither_as_trace_but_errors_link(
+    make_gateway: GatewayFactory, spotlight: SpotlightSidecar, oteltap: OtelTap
+) -> None:
+    gateway = make_gateway()
+    other = "6" * 32
+    gateway.client.get("/example/error", headers={"traceparent": f"00-{TRACE}-{PARENT}-00"})
+    gateway.client.get("/example", headers={"traceparent": f"00-{other}-{PARENT}-01"})
+    gateway.flush()
+    error = spotlight.wait_for(lambda e: "exception" in e, item_type="event")
+    assert _trace_id(error) == TRACE
+    spotlight.wait_for(lambda t: _trace_id(t) == other, item_type="transaction")
+    oteltap.wait_for_span(lambda s: s.trace_id_hex == other)
+    assert not [t for t in spotlight.transactions() if _trace_id(t) == TRACE]
+    assert not [s for s in oteltap.spans if s.trace_id_hex == TRACE]
