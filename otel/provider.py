@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -32,7 +32,14 @@ from opentelemetry.util.types import Attributes
 from otel.config import TelemetryConfig
 from otel.propagation import DEFERRED_SAMPLING_KEY, AdoptingIdGenerator
 
-__all__ = ["TracegateSampler", "build_exporter", "build_provider", "build_sampler", "flush"]
+__all__ = [
+    "TracegateSampler",
+    "build_exporter",
+    "build_provider",
+    "build_sampler",
+    "flush",
+    "within",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -162,24 +169,29 @@ def build_provider(
 def flush(provider: trace.TracerProvider, timeout_s: float) -> bool:
     """Export what is pending, waiting at most `timeout_s`; True when it finished.
 
-    The SDK's `force_flush` blocks until its exporter gives up (retries included), so
-    it runs in a daemon thread that is abandoned at the deadline.
+    The SDK's `force_flush` blocks until its exporter gives up (retries included): it
+    ignores its timeout. So it runs in a daemon thread, abandoned at the deadline.
     """
     force_flush = getattr(provider, "force_flush", None)
     if force_flush is None:
         return True
+    return within(timeout_s, "span flush", lambda: force_flush(int(timeout_s * 1000)))
+
+
+def within(timeout_s: float, what: str, work: Callable[[], object]) -> bool:
+    """Run `work` in a daemon thread and wait at most `timeout_s` for it."""
     done = threading.Event()
 
     def run() -> None:
         try:
-            force_flush(int(timeout_s * 1000))
+            work()
         except Exception:  # telemetry must never break the caller
-            logger.exception("tracegate: flushing spans failed")
+            logger.exception("tracegate: %s failed", what)
         finally:
             done.set()
 
-    threading.Thread(target=run, name="tracegate-flush", daemon=True).start()
+    threading.Thread(target=run, name=f"tracegate-{what.replace(' ', '-')}", daemon=True).start()
     finished = done.wait(timeout_s)
     if not finished:
-        logger.warning("tracegate: span flush did not finish within %.2fs", timeout_s)
+        logger.warning("tracegate: %s did not finish within %.2fs", what, timeout_s)
     return finished

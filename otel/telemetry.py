@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from otel.config import TelemetryConfig
 from otel.propagation import DscDefaults, TracegatePropagator, compose
-from otel.provider import build_provider, flush, sample_rate
+from otel.provider import build_provider, flush, sample_rate, within
 from otel.sentry import SentryBridge, init_sentry
 
 __all__ = ["Telemetry", "active", "setup"]
@@ -68,10 +68,14 @@ class Telemetry:
         return ok
 
     def shutdown(self, timeout_s: float | None = None) -> None:
+        """Flush, then stop exporting; bounded by the same deadline as `flush`."""
         global _active
-        self.flush(timeout_s)
-        if self.provider is not None:
-            self.provider.shutdown()
+        budget = self.config.flush_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + budget
+        self.flush(budget)
+        provider = self.provider
+        if provider is not None:
+            within(max(0.0, deadline - time.monotonic()), "provider shutdown", provider.shutdown)
         if self.bridge is not None:
             sentry_sdk.get_client().close(timeout=0)
         with _lock:

@@ -74,6 +74,8 @@ def test_traceparent_reaches_message_error_transaction_and_otlp(
         lambda t: t["transaction"] == "GET /example/error", item_type="transaction"
     )
     assert _trace_of(failed_transaction)["status"] == "internal_error"
+    # sentry-sdk's own Flask integration started no second, competing transaction.
+    assert len(envelope_receiver.transactions()) == 2
 
     server = otlp_receiver.wait_for_span(lambda s: s.name == "GET /example")
     assert server.trace_id_hex == TRACE and server.parent_span_id_hex == PARENT

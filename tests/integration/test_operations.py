@@ -1,0 +1,65 @@
+"""Operational edges: readiness against a real Redis, and flushes that keep their deadline
+when the collector or Sentry does not answer."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.harness import gateways
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """Accepts connections and never answers: the worst collector or Sentry there is."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    listener.close()
+
+
+def test_readyz_reports_redis(redis_url: str, free_port: int) -> None:
+    with gateways({"REDIS_URL": redis_url}) as make:
+        ready = make().client.get("/readyz")
+    assert ready.status_code == 200 and ready.json == {"status": "ready", "checks": {"redis": "ok"}}
+    with gateways({"REDIS_URL": f"redis://127.0.0.1:{free_port}/0"}) as make:
+        down = make().client.get("/readyz")
+    assert down.status_code == 503 and down.json is not None
+    assert down.json["error"]["code"] == "not_ready"
+
+
+def test_flush_keeps_its_deadline_when_peers_never_answer(silent_server: str) -> None:
+    dsn = silent_server.replace("http://", "http://public@") + "/1"
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": silent_server, "SENTRY_DSN": dsn}
+    with gateways(env) as make:
+        gateway = make()
+        for _ in range(5):
+            assert gateway.client.get("/example/error").status_code == 500
+        started = time.monotonic()
+        finished = gateway.telemetry.flush(0.5)
+        elapsed = time.monotonic() - started
+        # The exporter would wait its 10 s timeout; the flush gives up at the deadline.
+        assert not finished
+        assert elapsed < 2.0, f"flush took {elapsed:.2f}s with a 0.5s deadline"
