@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import flask
+import redis
 
 import otel
-from gateway.api import demo, health
+from gateway.api import demo, health, jobs
 from gateway.errors import register_errors
 from gateway.settings import Settings
 
@@ -23,7 +24,14 @@ def create_app(settings: Settings | None = None) -> flask.Flask:
     app.extensions["tracegate.telemetry"] = telemetry
     otel.instrument_flask(app, telemetry)
     register_errors(app)
+    app.extensions["tracegate.tasks"] = settings.registry()
+    app.extensions["tracegate.redis"] = redis.Redis.from_url(
+        settings.redis_url or "redis://127.0.0.1:6379/0",
+        socket_connect_timeout=2.0,
+        socket_timeout=5.0,
+    )
     app.register_blueprint(health.blueprint)
+    app.register_blueprint(jobs.blueprint)
     if settings.demo_routes:
         app.register_blueprint(demo.blueprint)
     return app

@@ -1,6 +1,7 @@
 """The `tracegate` command line.
 
     tracegate serve [--host H] [--port P] [--workers N] [--threads N]
+    tracegate worker [--burst] [--queue NAME ...] [--worker-class fork|simple|spawn|PATH]
 
 Settings come from the environment (see config/example.env); flags override them.
 A bad setting prints every problem and exits with status 2.
@@ -47,6 +48,25 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--threads", type=int, help="threads per worker (TRACEGATE_THREADS, default 4)"
     )
+    worker = commands.add_parser(
+        "worker",
+        help="run an RQ worker with the traced classes",
+        description="Run an RQ worker whose jobs continue the trace of the request that "
+        "enqueued them (REDIS_URL, default redis://127.0.0.1:6379/0).",
+    )
+    worker.add_argument("--burst", action="store_true", help="quit when the queues are empty")
+    worker.add_argument(
+        "--queue",
+        action="append",
+        metavar="NAME",
+        help="queue to work on, repeatable (default: default)",
+    )
+    worker.add_argument(
+        "--worker-class",
+        default="fork",
+        metavar="CLASS",
+        help="fork (default), simple, spawn, or a dotted path to an rq worker class",
+    )
     return parser
 
 
@@ -69,6 +89,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"tracegate: {ConfigError(problems)}", file=sys.stderr)
             return 2
         return serve(settings)
+    if args.command == "worker":
+        from gateway.worker import load_worker_class, run_worker
+
+        try:
+            load_worker_class(args.worker_class)
+        except ValueError as error:
+            print(f"tracegate: {error}", file=sys.stderr)
+            return 2
+        return run_worker(settings, args.queue or ["default"], args.worker_class, args.burst)
     return 2  # argparse rejects unknown commands before this
 
 

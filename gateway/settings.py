@@ -12,6 +12,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from gateway.tasks import DEMO_TASKS, Registry
 from otel.config import ConfigError, EnvReader, TelemetryConfig
 
 if sys.version_info >= (3, 11):
@@ -35,14 +36,25 @@ class Settings:
     demo_routes: bool = True
     max_body_bytes: int = 1024 * 1024
     config_file: str = ""
+    # Task name -> "module:function"; the allow-list of POST /v1/jobs.
+    tasks: Mapping[str, str] = field(default_factory=dict)
+    demo_tasks: bool = False
+    queues: tuple[str, ...] = ("default",)
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+
+    def registry(self) -> Registry:
+        paths = {**(DEMO_TASKS if self.demo_tasks else {}), **self.tasks}
+        return Registry.from_paths(paths)[0]
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = dict(os.environ if environ is None else environ)
         problems: list[str] = []
         config_file = env.get("TRACEGATE_CONFIG", "").strip()
+        tasks: dict[str, str] = {}
         if config_file:
-            env = {**_read_toml(config_file, problems), **env}
+            values, tasks = _read_toml(config_file, problems)
+            env = {**values, **env}
         env.setdefault("OTEL_SERVICE_NAME", _DEFAULT_SERVICE)
         reader = EnvReader(env)
         telemetry = TelemetryConfig()
@@ -60,6 +72,10 @@ class Settings:
             demo_routes=reader.flag("TRACEGATE_DEMO_ROUTES", True),
             max_body_bytes=int(reader.number("TRACEGATE_MAX_BODY_BYTES", 1024 * 1024)),
             config_file=config_file,
+            tasks={**tasks, **reader.pairs("TRACEGATE_TASKS")},
+            demo_tasks=reader.flag("TRACEGATE_DEMO_TASKS", False),
+            queues=reader.words("TRACEGATE_QUEUES") or ("default",),
+            api_keys=reader.words("TRACEGATE_API_KEYS"),
         )
         problems += reader.problems + settings.problems()
         if problems:
@@ -76,6 +92,8 @@ class Settings:
             found.append("TRACEGATE_THREADS: must be at least 1")
         if self.max_body_bytes < 1:
             found.append("TRACEGATE_MAX_BODY_BYTES: must be at least 1")
+        paths = {**(DEMO_TASKS if self.demo_tasks else {}), **self.tasks}
+        found += Registry.from_paths(paths)[1]
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             found.append(
                 f"REDIS_URL: {self.redis_url!r} is not a redis://, rediss:// or unix:// URL"
@@ -83,24 +101,26 @@ class Settings:
         return found
 
 
-def _read_toml(path: str, problems: list[str]) -> dict[str, str]:
+def _read_toml(path: str, problems: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """The file's top-level values as environment strings, and its [tasks] table."""
     try:
         with open(path, "rb") as handle:
             data = tomllib.load(handle)
     except OSError as error:
         problems.append(f"TRACEGATE_CONFIG: cannot read {path}: {error.strerror}")
-        return {}
+        return {}, {}
     except tomllib.TOMLDecodeError as error:
         problems.append(f"TRACEGATE_CONFIG: {path} is not valid TOML: {error}")
-        return {}
+        return {}, {}
+    tasks = {str(k): str(v) for k, v in (data.get("tasks") or {}).items()}
     values: dict[str, str] = {}
     for key, value in data.items():
         if isinstance(value, dict):
-            continue  # tables belong to other sections (the task registry)
+            continue  # tables: [tasks] is read above
         if isinstance(value, bool):
             values[key] = "true" if value else "false"
         elif isinstance(value, list):
             values[key] = ",".join(str(v) for v in value)
         else:
             values[key] = str(value)
-    return values
+    return values, tasks

@@ -68,6 +68,12 @@ class TelemetryConfig:
     max_open_segments: int = 1000
     max_segment_age_s: float = 600.0
     cors_origins: tuple[str, ...] = ()
+    # RQ: the hard deadline of the flush before a forked work horse exits; whether
+    # every failed attempt is reported to Sentry or only the final one; whether a
+    # delayed job (enqueue_in / enqueue_at) starts a new trace linked to its creator.
+    rq_flush_timeout_s: float = 0.5
+    rq_report_every_attempt: bool = False
+    rq_delayed_links_only: bool = False
     # Comma-separated regexes of URLs that get no server span (OpenTelemetry's syntax).
     excluded_urls: str = ""
 
@@ -143,6 +149,7 @@ class TelemetryConfig:
             ("TRACEGATE_FLUSH_TIMEOUT_S", self.flush_timeout_s),
             ("OTEL_EXPORTER_OTLP_TIMEOUT", self.otlp_timeout_s),
             ("TRACEGATE_MAX_SEGMENT_AGE_S", self.max_segment_age_s),
+            ("TRACEGATE_RQ_FLUSH_TIMEOUT_S", self.rq_flush_timeout_s),
         ):
             if value <= 0:
                 found.append(f"{name}: must be greater than 0")
@@ -207,6 +214,9 @@ class TelemetryConfig:
             max_open_segments=int(reader.number("TRACEGATE_MAX_OPEN_SEGMENTS", 1000)),
             max_segment_age_s=reader.number("TRACEGATE_MAX_SEGMENT_AGE_S", 600.0),
             cors_origins=reader.words("TRACEGATE_CORS_ORIGINS"),
+            rq_flush_timeout_s=reader.number("TRACEGATE_RQ_FLUSH_TIMEOUT_S", 0.5),
+            rq_report_every_attempt=reader.flag("TRACEGATE_RQ_REPORT_EVERY_ATTEMPT", False),
+            rq_delayed_links_only=reader.flag("TRACEGATE_RQ_DELAYED_LINKS_ONLY", False),
             excluded_urls=environ.get(
                 "OTEL_PYTHON_FLASK_EXCLUDED_URLS", environ.get("OTEL_PYTHON_EXCLUDED_URLS", "")
             ).strip(),

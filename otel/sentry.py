@@ -247,6 +247,10 @@ class SentryBridge(SpanProcessor):
             self._failed("event processor")
         return event
 
+    def mark_reported(self, span: trace.Span) -> None:
+        """The span's error is reported (or deliberately not): no fallback event for it."""
+        self._mark_error_captured(span.get_span_context().span_id)
+
     def _mark_error_captured(self, span_id: int) -> None:
         with self._lock:
             self._errors_captured[span_id] = None

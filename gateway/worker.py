@@ -1,0 +1,62 @@
+"""`tracegate worker`: an RQ worker with tracegate's traced classes.
+
+Telemetry is set up in the worker process (and again, by the traced worker class, in
+a spawned work horse); a forked work horse inherits it and flushes before it exits.
+rq's warm shutdown (SIGTERM/SIGINT) finishes the current job; telemetry is flushed
+after the worker stops.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Sequence
+
+import redis
+from rq.worker import BaseWorker
+
+import otel
+from gateway.settings import Settings
+from otel.rq import TracedJob, TracedQueue
+
+__all__ = ["WORKER_CLASSES", "run_worker"]
+
+WORKER_CLASSES = {
+    "fork": "otel.rq.TracedWorker",
+    "simple": "otel.rq.TracedSimpleWorker",
+    "spawn": "otel.rq.TracedSpawnWorker",
+}
+
+
+def load_worker_class(name: str) -> type[BaseWorker]:
+    path = WORKER_CLASSES.get(name, name)
+    module_name, _, attribute = path.rpartition(".")
+    try:
+        worker_class = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ValueError(f"--worker-class: cannot import {path!r} ({error})") from error
+    if not (isinstance(worker_class, type) and issubclass(worker_class, BaseWorker)):
+        raise ValueError(f"--worker-class: {path!r} is not an rq worker class")
+    return worker_class
+
+
+def run_worker(
+    settings: Settings,
+    queues: Sequence[str] = ("default",),
+    worker_class: str = "fork",
+    burst: bool = False,
+) -> int:
+    telemetry = otel.setup(settings.telemetry)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    connection = redis.Redis.from_url(settings.redis_url or "redis://127.0.0.1:6379/0")
+    worker = load_worker_class(worker_class)(
+        [TracedQueue(name, connection=connection) for name in queues],
+        connection=connection,
+        job_class=TracedJob,
+        queue_class=TracedQueue,
+    )
+    try:
+        worker.work(burst=burst, with_scheduler=True)
+    finally:
+        telemetry.shutdown()
+    return 0

@@ -1,0 +1,465 @@
+"""RQ: carry the trace through Redis into every worker, and lose nothing.
+
+Only RQ's own extension points are used, so the classes work in code and on RQ's
+command line::
+
+    queue = TracedQueue("default", connection=redis)   # job_class=TracedJob
+    rq worker -w otel.rq.TracedWorker -j otel.rq.TracedJob -q otel.rq.TracedQueue
+
+- `TracedJob.create` — the one method every creation path goes through (`enqueue`,
+  `enqueue_call`, `enqueue_many`, `enqueue_in`, `enqueue_at`, dependents, direct
+  `Job.create`) — writes the carrier once under `job.meta["otel"]` (traceparent,
+  tracestate, baggage, sentry-trace). Retries, requeues and the scheduler re-save the
+  same job, so the carrier is never overwritten.
+- `TracedQueue` wraps each enqueue in a PRODUCER span `send <queue>`; a job created
+  without it gets a PRODUCER span of its own, so every job has a trace.
+- `TracedWorker`, `TracedSimpleWorker` and `TracedSpawnWorker` run the whole job
+  (callbacks and failure handling included) inside a CONSUMER span `process <queue>`
+  whose parent is the carrier, with a link to it. Failures set ERROR, record the
+  exception and send one Sentry error linked to the trace — by default only when no
+  retry follows. A work horse killed by a signal or by the parent's timeout is
+  reported by the parent from the job's stored carrier. A forked work horse flushes
+  spans and Sentry events before `os._exit`, within `TRACEGATE_RQ_FLUSH_TIMEOUT_S`.
+
+The workers call `otel.setup()` in `__init__`, which also runs in a spawned work horse,
+so `rq worker -w otel.rq.TracedWorker` needs no code of the user's to set up telemetry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any
+
+import sentry_sdk
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from rq import Queue, SimpleWorker, Worker
+from rq.job import Job, JobStatus
+from sentry_sdk.utils import event_from_exception
+
+from otel import ids
+from otel.propagation import TracegatePropagator
+from otel.sentry import open_unit, pin, unpin
+from otel.telemetry import Telemetry, active, setup
+
+try:  # rq >= 2.2
+    from rq.worker import SpawnWorker
+except ImportError:  # pragma: no cover - older rq
+    SpawnWorker = None  # type: ignore[assignment,misc]
+
+__all__ = [
+    "CARRIER_KEY",
+    "TracedJob",
+    "TracedQueue",
+    "TracedSimpleWorker",
+    "TracedSpawnWorker",
+    "TracedWorker",
+    "attempts",
+    "carrier_trace_id",
+]
+
+logger = logging.getLogger(__name__)
+
+CARRIER_KEY = "otel"
+# A field of our own in the job's Redis hash: rq's `save()` writes its fields with
+# HSET and leaves this one alone, so it counts attempts across retries and requeues.
+_ATTEMPT_FIELD = "tracegate_attempt"
+_PRODUCER_KEY = "tracegate.rq.producer"
+_SCHEDULED = "scheduled"
+_SYSTEM = "rq"
+
+
+def _telemetry() -> Telemetry | None:
+    return active()
+
+
+def _tracer() -> trace.Tracer:
+    telemetry = _telemetry()
+    if telemetry is not None:
+        return telemetry.tracer(__name__)
+    return trace.get_tracer(__name__)
+
+
+def _propagator() -> TracegatePropagator:
+    telemetry = _telemetry()
+    return telemetry.propagator if telemetry is not None else TracegatePropagator()
+
+
+def _function(job: Job) -> str:
+    try:
+        return str(job.func_name)
+    except Exception:  # an undeserialisable job still gets a span
+        return "<unknown>"
+
+
+def _base_attributes(job: Job, queue_name: str, operation: str) -> dict[str, Any]:
+    attributes: dict[str, Any] = {
+        "messaging.system": _SYSTEM,
+        "messaging.operation.type": operation,
+        "messaging.operation.name": operation,
+        "messaging.destination.name": queue_name,
+        "messaging.message.id": job.id,
+        "messaging.rq.job.function": _function(job),
+    }
+    kwargs = job.connection.connection_pool.connection_kwargs
+    if "host" in kwargs:
+        attributes["server.address"] = str(kwargs["host"])
+        attributes["server.port"] = int(kwargs.get("port", 6379))
+    return attributes
+
+
+def carrier_trace_id(job: Job) -> int | None:
+    """The trace id a job's carrier continues, or None."""
+    carrier = (job.meta or {}).get(CARRIER_KEY) or {}
+    parent = ids.parse_traceparent(carrier.get("traceparent"))
+    return parent.trace_id if parent is not None else None
+
+
+def attempts(job: Job) -> int:
+    """How many times a worker has started this job."""
+    value = job.connection.hget(job.key, _ATTEMPT_FIELD)
+    return int(value or 0)
+
+
+# -- producer ---------------------------------------------------------------------
+
+
+@contextmanager
+def _producing(queue_name: str, batch: int | None = None) -> Iterator[trace.Span | None]:
+    """A PRODUCER span `send <queue>` around one enqueue; nested enqueues reuse it."""
+    if otel_context.get_value(_PRODUCER_KEY) is not None:
+        yield None
+        return
+    attributes: dict[str, Any] = {
+        "messaging.system": _SYSTEM,
+        "messaging.operation.type": "send",
+        "messaging.operation.name": "send",
+        "messaging.destination.name": queue_name,
+    }
+    if batch is not None:
+        attributes["messaging.batch.message_count"] = batch
+    span = _tracer().start_span(f"send {queue_name}", kind=SpanKind.PRODUCER, attributes=attributes)
+    ctx = trace.set_span_in_context(span)
+    token = otel_context.attach(otel_context.set_value(_PRODUCER_KEY, span, ctx))
+    try:
+        yield span
+    except Exception as error:
+        span.record_exception(error)
+        span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+        span.set_attribute("error.type", type(error).__qualname__)
+        raise
+    finally:
+        otel_context.detach(token)
+        span.end()
+
+
+class TracedJob(Job):
+    """A Job whose creation writes the trace carrier once, under `meta["otel"]`."""
+
+    @classmethod
+    def create(cls, *args: Any, **kwargs: Any) -> Job:
+        job = super().create(*args, **kwargs)
+        try:
+            _write_carrier(job)
+        except Exception:  # telemetry never breaks an enqueue
+            logger.exception("tracegate: could not write the trace carrier of job %s", job.id)
+        return job
+
+
+def _write_carrier(job: Job) -> None:
+    # rq keeps the caller's meta dict: copy it so a reused dict never shares a carrier.
+    meta = dict(job.meta or {})
+    if CARRIER_KEY in meta:
+        job.meta = meta
+        return
+    carrier: dict[str, str] = {}
+    producer = otel_context.get_value(_PRODUCER_KEY)
+    if isinstance(producer, trace.Span):
+        if (
+            producer.is_recording()
+            and producer.attributes.get(  # type: ignore[attr-defined]
+                "messaging.batch.message_count"
+            )
+            is None
+        ):
+            producer.set_attribute("messaging.message.id", job.id)
+            producer.set_attribute("messaging.rq.job.function", _function(job))
+        _propagator().inject(carrier)
+    else:
+        # Created outside a TracedQueue (Job.create, a plain Queue with job_class=TracedJob).
+        with _producing(job.origin or "default"):
+            _propagator().inject(carrier)
+    if otel_context.get_value(_SCHEDULED):
+        carrier[_SCHEDULED] = "1"
+    meta[CARRIER_KEY] = carrier
+    job.meta = meta
+
+
+class TracedQueue(Queue):
+    """A Queue that makes TracedJobs and wraps each enqueue in a PRODUCER span."""
+
+    job_class = TracedJob
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("job_class") in (None, Job):
+            kwargs["job_class"] = TracedJob
+        super().__init__(*args, **kwargs)
+
+    def enqueue_call(self, *args: Any, **kwargs: Any) -> Job:
+        with _producing(self.name):
+            return super().enqueue_call(*args, **kwargs)
+
+    def enqueue_job(self, *args: Any, **kwargs: Any) -> Job:
+        with _producing(self.name):
+            return super().enqueue_job(*args, **kwargs)
+
+    def enqueue_many(self, job_datas: Any, *args: Any, **kwargs: Any) -> list[Job]:
+        with _producing(self.name, batch=len(job_datas)):
+            return super().enqueue_many(job_datas, *args, **kwargs)
+
+    def enqueue_at(self, *args: Any, **kwargs: Any) -> Job:
+        with _producing(self.name):
+            token = otel_context.attach(otel_context.set_value(_SCHEDULED, True))
+            try:
+                return super().enqueue_at(*args, **kwargs)
+            finally:
+                otel_context.detach(token)
+
+
+# -- consumer -----------------------------------------------------------------------
+
+
+class _TracedWorkerMixin:
+    """The consumer side, shared by every worker class (see the module docstring)."""
+
+    job_class: type[Job]
+    connection: Any
+    name: str
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # `rq worker` passes job_class=rq.job.Job unless told otherwise: upgrade it.
+        if kwargs.get("job_class") in (None, Job):
+            kwargs["job_class"] = TracedJob
+        if kwargs.get("queue_class") in (None, Queue):
+            kwargs["queue_class"] = TracedQueue
+        super().__init__(*args, **kwargs)
+        self._telemetry = setup()
+        self._span: trace.Span | None = None
+        self._reported = False
+        # rq logs every job exception at ERROR; the consumer span reports it to Sentry.
+        from sentry_sdk.integrations.logging import ignore_logger
+
+        ignore_logger("rq.worker")
+
+    # Parent side (the worker process): count attempts before the job runs anywhere.
+    def execute_job(self, job: Job, queue: Queue) -> Any:
+        try:
+            job._tracegate_attempt = job.connection.hincrby(job.key, _ATTEMPT_FIELD, 1)  # type: ignore[attr-defined]
+        except Exception:
+            logger.exception("tracegate: could not count the attempt of job %s", job.id)
+        return super().execute_job(job, queue)  # type: ignore[misc]
+
+    def perform_job(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> Any:
+        telemetry = self._telemetry
+        token = open_unit()
+        span = self._start_consumer(job, queue.name)
+        self._span, self._reported = span, False
+        try:
+            with trace.use_span(span, record_exception=False, set_status_on_exception=False):
+                result = super().perform_job(job, queue, *args, **kwargs)  # type: ignore[misc]
+                self._after_job(job)
+            return result
+        finally:
+            self._span = None
+            span.end()
+            unpin(token)
+            if getattr(self, "is_horse", False):
+                # os._exit follows: nothing buffered survives it.
+                telemetry.flush(telemetry.config.rq_flush_timeout_s)
+
+    def _start_consumer(
+        self, job: Job, queue_name: str, start_time: int | None = None
+    ) -> trace.Span:
+        config = self._telemetry.config
+        carrier = (job.meta or {}).get(CARRIER_KEY) or {}
+        parent_ctx = self._telemetry.propagator.extract(carrier)
+        parent = trace.get_current_span(parent_ctx).get_span_context()
+        links = [Link(parent, {"messaging.rq.link": "creation"})] if parent.is_valid else []
+        ctx = parent_ctx
+        if config.rq_delayed_links_only and carrier.get(_SCHEDULED):
+            ctx = otel_context.Context()
+        attributes = _base_attributes(job, queue_name, "process")
+        attributes["messaging.rq.job.attempt"] = self._attempt(job)
+        attributes["messaging.consumer.group.name"] = self.name
+        wait = _queue_wait_s(job)
+        if wait is not None:
+            attributes["messaging.rq.queue_wait_s"] = wait
+        span = self._telemetry.tracer(__name__).start_span(
+            f"process {queue_name}",
+            context=ctx,
+            kind=SpanKind.CONSUMER,
+            links=links,
+            attributes=attributes,
+            start_time=start_time,
+        )
+        is_child = ctx is parent_ctx and parent.is_valid
+        pin(span.get_span_context(), parent.span_id if is_child else None)
+        return span
+
+    def _attempt(self, job: Job) -> int:
+        counted = getattr(job, "_tracegate_attempt", None)
+        if counted is None:  # a spawned work horse re-fetched the job
+            try:
+                counted = attempts(job)
+            except Exception:
+                counted = 0
+        return int(counted) or 1
+
+    def handle_exception(self, job: Job, *exc_info: Any) -> Any:
+        try:
+            error = exc_info[1] if len(exc_info) > 1 else None
+            span = self._span
+            if span is not None and isinstance(error, BaseException):
+                span.record_exception(error)
+                _fail(span, type(error).__qualname__)
+            self._report(job, exc_info=exc_info)
+        except Exception:
+            logger.exception("tracegate: could not report the failure of job %s", job.id)
+        return super().handle_exception(job, *exc_info)  # type: ignore[misc]
+
+    def _after_job(self, job: Job) -> None:
+        # A job that returned rq.Retry until its retries ran out fails without an
+        # exception: rq (>= 2.7) marks it FAILED and calls no failure handler.
+        if self._reported:
+            return
+        try:
+            status = job.get_status(refresh=False)
+        except Exception:
+            return
+        if status == JobStatus.FAILED and self._span is not None:
+            _fail(self._span, "rq.RetriesExhausted")
+            self._report(
+                job,
+                synthetic=("RetriesExhausted", "the job returned Retry until no retries were left"),
+            )
+
+    def _report(
+        self,
+        job: Job,
+        exc_info: tuple[Any, ...] | None = None,
+        synthetic: tuple[str, str] | None = None,
+        final: bool | None = None,
+    ) -> None:
+        if final is None:
+            final = not (job.retries_left or 0) > 0
+        if self._span is not None:
+            self._span.set_attribute("messaging.rq.job.final_attempt", final)
+            if self._telemetry.bridge is not None:
+                self._telemetry.bridge.mark_reported(self._span)
+        self._reported = True
+        if not final and not self._telemetry.config.rq_report_every_attempt:
+            return
+        with sentry_sdk.new_scope() as scope:
+            scope.set_tag("rq.job_id", job.id)
+            scope.set_tag("rq.queue", job.origin)
+            scope.set_tag("rq.function", _function(job))
+            scope.set_tag("rq.attempt", str(self._attempt(job)))
+            scope.set_tag("rq.final", "true" if final else "false")
+            scope.set_context("rq", {"job_id": job.id, "queue": job.origin, "worker": self.name})
+            if exc_info is not None:
+                client = sentry_sdk.get_client()
+                event, hint = event_from_exception(
+                    exc_info, client.options, mechanism={"type": "rq", "handled": False}
+                )
+                sentry_sdk.capture_event(event, hint=hint)
+            elif synthetic is not None:
+                kind, message = synthetic
+                sentry_sdk.capture_event(
+                    {
+                        "level": "error",
+                        "exception": {
+                            "values": [
+                                {
+                                    "type": kind,
+                                    "value": message,
+                                    "module": "rq",
+                                    "mechanism": {"type": "rq", "handled": False},
+                                }
+                            ]
+                        },
+                        "fingerprint": ["rq", kind, _function(job)],
+                    }
+                )
+
+    # Parent side: the work horse died without reporting (SIGKILL, OOM, hard timeout).
+    def handle_work_horse_killed(self, job: Job, retpid: Any, ret_val: Any, rusage: Any) -> Any:
+        try:
+            self._report_killed(job, ret_val)
+        except Exception:
+            logger.exception("tracegate: could not report the killed work horse of %s", job.id)
+        return super().handle_work_horse_killed(job, retpid, ret_val, rusage)  # type: ignore[misc]
+
+    def _report_killed(self, job: Job, ret_val: Any) -> None:
+        if ret_val is None:
+            kind, message = "JobTimeout", "the work horse ran past the job timeout and was killed"
+        else:
+            signum = os.WTERMSIG(ret_val) if os.WIFSIGNALED(ret_val) else None
+            name = signal.Signals(signum).name if signum else f"status {ret_val}"
+            kind, message = "WorkHorseKilled", f"the work horse died ({name})"
+        started = _as_utc(job.started_at)
+        start_ns = int(started.timestamp() * 1e9) if started else None
+        token = open_unit()
+        span = self._start_consumer(job, job.origin, start_time=start_ns)
+        self._span, self._reported = span, False
+        try:
+            span.add_event("exception", {"exception.type": kind, "exception.message": message})
+            _fail(span, f"rq.{kind}")
+            with trace.use_span(span):
+                self._report(job, synthetic=(kind, message))
+        finally:
+            self._span = None
+            span.end()
+            unpin(token)
+
+
+def _fail(span: trace.Span, error_type: str) -> None:
+    span.set_status(Status(StatusCode.ERROR, error_type))
+    span.set_attribute("error.type", error_type)
+
+
+def _as_utc(moment: datetime | None) -> datetime | None:
+    if moment is None:
+        return None
+    # rq 2.0 reads naive UTC datetimes back from Redis.
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _queue_wait_s(job: Job) -> float | None:
+    enqueued = _as_utc(job.enqueued_at)
+    if enqueued is None:
+        return None
+    return max(0.0, round(time.time() - enqueued.timestamp(), 6))
+
+
+class TracedWorker(_TracedWorkerMixin, Worker):
+    """rq's forking Worker, traced."""
+
+
+class TracedSimpleWorker(_TracedWorkerMixin, SimpleWorker):
+    """rq's SimpleWorker (no fork), traced."""
+
+
+if SpawnWorker is not None:
+
+    class TracedSpawnWorker(_TracedWorkerMixin, SpawnWorker):
+        """rq's SpawnWorker, traced (the spawned work horse sets up its own telemetry)."""
+
+else:  # pragma: no cover
+    TracedSpawnWorker = None  # type: ignore[assignment,misc]

@@ -1,0 +1,360 @@
+"""RQ: the request's trace continues through Redis into real worker processes.
+
+Jobs are enqueued in this process (through the gateway or a TracedQueue), then a real
+`tracegate worker --burst` subprocess runs them: forking, simple and spawning workers.
+Assertions are on what the OTLP receiver, the Sentry envelope receiver and Redis got.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from rq import Retry
+from rq.job import Job
+
+from otel.rq import CARRIER_KEY, TracedJob, TracedQueue, attempts
+from tests.harness import Gateway, gateways
+from tests.peers.envelope import EnvelopeReceiver
+from tests.peers.otlp import OTLPReceiver
+from tests.peers.spans import ReceivedSpan
+
+ROOT = Path(__file__).resolve().parents[2]
+TRACEGATE = str(Path(sys.executable).with_name("tracegate"))
+TRACE = "7bf92f3577b34da6a3ce929d0e0e4736"
+PARENT = "20f067aa0ba902b7"
+TRACEPARENT = f"00-{TRACE}-{PARENT}-01"
+WORKER_CLASSES = ["fork", "simple", "spawn"]
+
+
+@pytest.fixture
+def env(
+    redis_url: str, envelope_receiver: EnvelopeReceiver, otlp_receiver: OTLPReceiver
+) -> dict[str, str]:
+    return {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": str(ROOT),
+        "REDIS_URL": redis_url,
+        "SENTRY_DSN": envelope_receiver.dsn,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.endpoint,
+        "OTEL_SERVICE_NAME": "tracegate-test",
+        "OTEL_BSP_SCHEDULE_DELAY": "50",
+        "TRACEGATE_DEMO_TASKS": "1",
+        "TRACEGATE_TASKS": ",".join(
+            f"{name}=tests.jobs.functions:{name}" for name in ("traced_echo", "boom")
+        ),
+    }
+
+
+@pytest.fixture
+def gateway(env: dict[str, str]) -> Iterator[Gateway]:
+    with gateways(env) as make:
+        yield make()
+
+
+@pytest.fixture
+def connection(redis_url: str) -> Iterator[redis.Redis]:
+    with redis.Redis.from_url(redis_url) as client:
+        yield client
+
+
+def run_worker(env: dict[str, str], worker_class: str = "fork", timeout: float = 90) -> str:
+    result = subprocess.run(
+        [TRACEGATE, "worker", "--burst", "--worker-class", worker_class],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    return output
+
+
+def post_job(
+    gateway: Gateway, body: dict[str, Any], traceparent: str = TRACEPARENT
+) -> dict[str, Any]:
+    response = gateway.client.post("/v1/jobs", json=body, headers={"traceparent": traceparent})
+    assert response.status_code == 202, response.get_json()
+    payload: dict[str, Any] = response.get_json()
+    return payload
+
+
+def consumer_spans(otlp: OTLPReceiver, job_id: str, count: int = 1) -> list[ReceivedSpan]:
+    return otlp.wait_for_spans(
+        lambda s: s.kind_name == "CONSUMER" and s.attributes.get("messaging.message.id") == job_id,
+        count,
+        timeout=15,
+    )
+
+
+def producer_span(otlp: OTLPReceiver, trace_id: str = TRACE) -> ReceivedSpan:
+    return otlp.wait_for_span(lambda s: s.kind_name == "PRODUCER" and s.trace_id_hex == trace_id)
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_request_trace_reaches_the_worker(
+    worker_class: str,
+    gateway: Gateway,
+    env: dict[str, str],
+    otlp_receiver: OTLPReceiver,
+    envelope_receiver: EnvelopeReceiver,
+    connection: redis.Redis,
+) -> None:
+    created = post_job(gateway, {"task": "traced_echo", "args": ["hello"]})
+    assert created["trace_id"] == TRACE
+    assert created["trace_id_uuid"] == "7bf92f35-77b3-4da6-a3ce-929d0e0e4736"
+    job = Job.fetch(created["job_id"], connection=connection)
+    carrier = job.meta[CARRIER_KEY]
+    assert carrier["traceparent"].startswith(f"00-{TRACE}-")
+    assert carrier["sentry-trace"].startswith(f"{TRACE}-")
+    assert "_sentry_trace_headers" not in job.meta  # sentry-sdk's RqIntegration is off
+    gateway.flush()
+
+    run_worker(env, worker_class)
+
+    server = otlp_receiver.wait_for_span(lambda s: s.name == "POST /v1/jobs")
+    producer = producer_span(otlp_receiver)
+    (consumer,) = consumer_spans(otlp_receiver, job.id)
+    assert server.trace_id_hex == producer.trace_id_hex == consumer.trace_id_hex == TRACE
+    assert producer.name == "send default" and producer.parent_span_id_hex == server.span_id_hex
+    assert producer.attributes["messaging.message.id"] == job.id
+    assert consumer.name == "process default"
+    assert consumer.parent_span_id_hex == producer.span_id_hex
+    assert [(t, s) for t, s, _ in consumer.links] == [(TRACE, producer.span_id_hex)]
+    assert consumer.attributes["messaging.system"] == "rq"
+    assert consumer.attributes["messaging.operation.type"] == "process"
+    assert consumer.attributes["messaging.destination.name"] == "default"
+    assert consumer.attributes["messaging.rq.job.function"] == "tests.jobs.functions.traced_echo"
+    assert consumer.attributes["messaging.rq.job.attempt"] == 1
+    assert consumer.attributes["messaging.rq.queue_wait_s"] >= 0
+    assert consumer.status_name == "UNSET"
+    inner = otlp_receiver.wait_for_span(lambda s: s.name == "inside the job")
+    assert (inner.trace_id_hex, inner.parent_span_id_hex) == (TRACE, consumer.span_id_hex)
+    transaction = envelope_receiver.wait_for(
+        lambda t: t["contexts"]["trace"]["span_id"] == consumer.span_id_hex, item_type="transaction"
+    )
+    assert transaction["contexts"]["trace"]["op"] == "queue.process"
+    assert transaction["spans"][0]["description"] == "inside the job"
+
+    status = gateway.client.get(created["status_url"]).get_json()
+    assert status["status"] == "finished" and status["result"] == "hello"
+    assert status["trace_id"] == TRACE and status["attempts"] == 1
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_failed_job_sends_one_linked_sentry_error(
+    worker_class: str,
+    gateway: Gateway,
+    env: dict[str, str],
+    otlp_receiver: OTLPReceiver,
+    envelope_receiver: EnvelopeReceiver,
+) -> None:
+    created = post_job(gateway, {"task": "fail", "kwargs": {"message": "broken on purpose"}})
+    gateway.flush()
+    run_worker(env, worker_class)
+
+    (consumer,) = consumer_spans(otlp_receiver, created["job_id"])
+    assert consumer.status_name == "ERROR"
+    assert consumer.attributes["error.type"] == "DemoFailure"
+    assert any(name == "exception" for name, _ in consumer.events)
+    error = envelope_receiver.wait_for(lambda e: "exception" in e, item_type="event")
+    assert error["exception"]["values"][-1]["type"] == "DemoFailure"
+    assert error["contexts"]["trace"]["trace_id"] == TRACE
+    assert error["contexts"]["trace"]["span_id"] == consumer.span_id_hex
+    assert error["tags"]["rq.job_id"] == created["job_id"]
+    assert error["tags"]["rq.queue"] == "default"
+    assert error["tags"]["rq.function"] == "gateway.tasks.fail"
+    assert error["tags"]["rq.attempt"] == "1"
+    assert error["exception"]["values"][-1]["mechanism"] == {"type": "rq", "handled": False}
+    time.sleep(0.5)
+    assert len(envelope_receiver.events()) == 1
+    status = gateway.client.get(created["status_url"]).get_json()
+    assert status["status"] == "failed" and "broken on purpose" in status["error"]
+
+
+def test_retries_make_one_span_per_attempt_and_one_final_error(
+    gateway: Gateway,
+    env: dict[str, str],
+    otlp_receiver: OTLPReceiver,
+    envelope_receiver: EnvelopeReceiver,
+    connection: redis.Redis,
+) -> None:
+    created = post_job(gateway, {"task": "boom", "retry": 2})
+    job = Job.fetch(created["job_id"], connection=connection)
+    carrier = dict(job.meta[CARRIER_KEY])
+    gateway.flush()
+    run_worker(env)
+
+    spans = consumer_spans(otlp_receiver, created["job_id"], count=3)
+    assert sorted(s.attributes["messaging.rq.job.attempt"] for s in spans) == [1, 2, 3]
+    assert {s.trace_id_hex for s in spans} == {TRACE}
+    assert len({s.parent_span_id_hex for s in spans}) == 1  # every attempt: the same creator
+    assert [
+        s.attributes["messaging.rq.job.final_attempt"]
+        for s in sorted(spans, key=lambda s: s.attributes["messaging.rq.job.attempt"])
+    ] == [False, False, True]
+    error = envelope_receiver.wait_for(lambda e: "exception" in e, item_type="event")
+    assert error["tags"]["rq.attempt"] == "3"
+    time.sleep(0.5)
+    assert len(envelope_receiver.events()) == 1
+    job.refresh()
+    assert job.meta[CARRIER_KEY] == carrier  # never overwritten
+    assert attempts(job) == 3
+
+
+def test_returned_retry_until_exhausted_is_reported(
+    env: dict[str, str],
+    gateway: Gateway,
+    otlp_receiver: OTLPReceiver,
+    envelope_receiver: EnvelopeReceiver,
+    connection: redis.Redis,
+) -> None:
+    queue = TracedQueue("default", connection=connection)
+    with gateway.telemetry.tracer("test").start_as_current_span("caller"):
+        job = queue.enqueue("tests.jobs.functions.keep_retrying")
+    gateway.flush()
+    run_worker(env)
+    spans = consumer_spans(otlp_receiver, job.id, count=3)
+    last = max(spans, key=lambda s: s.attributes["messaging.rq.job.attempt"])
+    assert last.status_name == "ERROR" and last.attributes["error.type"] == "rq.RetriesExhausted"
+    error = envelope_receiver.wait_for(lambda e: "exception" in e, item_type="event")
+    assert error["exception"]["values"][0]["type"] == "RetriesExhausted"
+    assert error["contexts"]["trace"]["trace_id"] == last.trace_id_hex
+
+
+def test_killed_work_horse_is_reported_by_the_parent(
+    env: dict[str, str],
+    gateway: Gateway,
+    otlp_receiver: OTLPReceiver,
+    envelope_receiver: EnvelopeReceiver,
+    connection: redis.Redis,
+) -> None:
+    queue = TracedQueue("default", connection=connection)
+    with gateway.telemetry.tracer("test").start_as_current_span("caller") as caller:
+        job = queue.enqueue("tests.jobs.functions.die")
+    trace_id = f"{caller.get_span_context().trace_id:032x}"
+    gateway.flush()
+    run_worker(env, "fork")
+    (consumer,) = consumer_spans(otlp_receiver, job.id)
+    assert consumer.trace_id_hex == trace_id and consumer.status_name == "ERROR"
+    assert consumer.attributes["error.type"] == "rq.WorkHorseKilled"
+    assert consumer.resource["process.pid"] != 0
+    error = envelope_receiver.wait_for(lambda e: "exception" in e, item_type="event")
+    assert error["exception"]["values"][0]["type"] == "WorkHorseKilled"
+    assert "SIGKILL" in error["exception"]["values"][0]["value"]
+    assert error["contexts"]["trace"]["trace_id"] == trace_id
+    assert error["tags"]["rq.job_id"] == job.id
+
+
+def test_job_timeout_is_reported(
+    env: dict[str, str],
+    gateway: Gateway,
+    otlp_receiver: OTLPReceiver,
+    envelope_receiver: EnvelopeReceiver,
+    connection: redis.Redis,
+) -> None:
+    queue = TracedQueue("default", connection=connection)
+    with gateway.telemetry.tracer("test").start_as_current_span("caller") as caller:
+        job = queue.enqueue("tests.jobs.functions.slow", 10, job_timeout=1)
+    trace_id = f"{caller.get_span_context().trace_id:032x}"
+    gateway.flush()
+    run_worker(env, "fork")
+    (consumer,) = consumer_spans(otlp_receiver, job.id)
+    assert consumer.status_name == "ERROR" and "Timeout" in consumer.attributes["error.type"]
+    error = envelope_receiver.wait_for(lambda e: "exception" in e, item_type="event")
+    assert "Timeout" in error["exception"]["values"][-1]["type"]
+    assert error["contexts"]["trace"]["trace_id"] == trace_id
+
+
+def test_every_creation_path_writes_the_carrier_once(
+    env: dict[str, str],
+    gateway: Gateway,
+    otlp_receiver: OTLPReceiver,
+    connection: redis.Redis,
+) -> None:
+    queue = TracedQueue("default", connection=connection)
+    echo = "tests.jobs.functions.traced_echo"
+    with gateway.telemetry.tracer("test").start_as_current_span("caller") as caller:
+        jobs: dict[str, Job] = {
+            "enqueue": queue.enqueue(echo, "a"),
+            "enqueue_call": queue.enqueue_call(echo, args=("b",)),
+            "enqueue_in": queue.enqueue_in(timedelta(seconds=0), echo, "c"),
+            "enqueue_at": queue.enqueue_at(datetime.now(timezone.utc), echo, "d"),
+        }
+        many = queue.enqueue_many(
+            [TracedQueue.prepare_data(echo, ("e",)), TracedQueue.prepare_data(echo, ("f",))]
+        )
+        jobs["enqueue_many"] = many[0]
+        jobs["depends_on"] = queue.enqueue(echo, "g", depends_on=jobs["enqueue"])
+        direct = TracedJob.create(echo, args=("h",), connection=connection, origin="default")
+        jobs["create+enqueue_job"] = queue.enqueue_job(direct)
+        jobs["retry"] = queue.enqueue(echo, "i", retry=Retry(max=1))
+    trace_id = f"{caller.get_span_context().trace_id:032x}"
+    for path, job in jobs.items():
+        stored = Job.fetch(job.id, connection=connection)
+        assert stored.meta[CARRIER_KEY]["traceparent"].startswith(f"00-{trace_id}-"), path
+    gateway.flush()
+    time.sleep(0.1)  # the scheduled jobs are due
+    run_worker(env, "fork")
+
+    for path, job in jobs.items():
+        (consumer,) = consumer_spans(otlp_receiver, job.id)
+        assert consumer.trace_id_hex == trace_id, path
+        producer = otlp_receiver.wait_for_span(
+            lambda s, c=consumer: s.span_id_hex == c.parent_span_id_hex
+        )
+        assert producer.kind_name == "PRODUCER", path
+    batch = otlp_receiver.wait_for_span(
+        lambda s: s.attributes.get("messaging.batch.message_count") == 2
+    )
+    assert batch.name == "send default"
+
+
+def test_delayed_job_can_start_a_linked_trace(
+    env: dict[str, str],
+    otlp_receiver: OTLPReceiver,
+    connection: redis.Redis,
+) -> None:
+    env = {**env, "TRACEGATE_RQ_DELAYED_LINKS_ONLY": "1"}
+    with gateways(env) as make:
+        gateway = make()
+        created = post_job(gateway, {"task": "echo", "args": [1], "delay_s": 0.05})
+        gateway.flush()
+    time.sleep(0.2)
+    run_worker(env)
+    (consumer,) = consumer_spans(otlp_receiver, created["job_id"])
+    assert consumer.trace_id_hex != TRACE and consumer.parent_span_id_hex == ""
+    producer = producer_span(otlp_receiver)
+    assert [(t, s) for t, s, _ in consumer.links] == [(TRACE, producer.span_id_hex)]
+
+
+def test_dead_collector_and_sentry_cost_at_most_the_flush_deadline(
+    env: dict[str, str],
+    connection: redis.Redis,
+    free_port: int,
+) -> None:
+    dead = f"http://127.0.0.1:{free_port}"
+    env = {
+        **env,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": dead,
+        "SENTRY_DSN": dead.replace("http://", "http://public@") + "/1",
+        "TRACEGATE_RQ_FLUSH_TIMEOUT_S": "0.2",
+    }
+    queue = TracedQueue("default", connection=connection)
+    jobs = [queue.enqueue("tests.jobs.functions.traced_echo", str(i)) for i in range(50)]
+    started = time.monotonic()
+    run_worker(env, "fork")
+    elapsed = time.monotonic() - started
+    assert all(Job.fetch(j.id, connection=connection).get_status() == "finished" for j in jobs)
+    # Without the deadline a dead collector holds each work horse for many seconds.
+    assert elapsed < 50 * 0.2 + 20, f"50 jobs took {elapsed:.1f}s"

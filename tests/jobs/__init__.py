@@ -1,0 +1,1 @@
+"""Job functions the RQ tests enqueue; workers import them as `tests.jobs.*`."""

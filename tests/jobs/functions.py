@@ -1,0 +1,32 @@
+"""Jobs that end in every way a job can end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from opentelemetry import trace
+from rq import Retry
+
+
+def traced_echo(value: str) -> str:
+    """Makes a span of its own inside the job, so the worker's tracer is exercised."""
+    with trace.get_tracer("tests.jobs").start_as_current_span("inside the job"):
+        return value
+
+
+def boom(message: str = "boom") -> None:
+    raise ValueError(message)
+
+
+def keep_retrying() -> Retry:
+    return Retry(max=2)
+
+
+def die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def slow(seconds: float) -> None:
+    time.sleep(seconds)
