@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The RQ tests run a second time against rq 2.x (the main venv has rq 3).
+VENV_RQ2 ?= .venv-rq2
+STAMP_RQ2 := $(VENV_RQ2)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test test-rq2 lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,11 +22,20 @@ lint: $(STAMP)
 	$(BIN)/ruff check otel gateway tests bench
 	$(BIN)/mypy
 
-test: lint
+$(STAMP_RQ2): pyproject.toml
+	$(PYTHON) -m venv $(VENV_RQ2)
+	$(VENV_RQ2)/bin/pip install -q --upgrade pip
+	$(VENV_RQ2)/bin/pip install -q -e '.[test]' 'rq>=2.12,<3'
+	touch $(STAMP_RQ2)
+
+test: lint test-rq2
 	$(BIN)/pytest
+
+test-rq2: $(STAMP_RQ2)
+	$(VENV_RQ2)/bin/pytest -q tests/integration/test_rq.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(VENV_RQ2) .pytest_cache .mypy_cache .ruff_cache .hypothesis

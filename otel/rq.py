@@ -42,6 +42,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from rq import Queue, SimpleWorker, Worker
 from rq.job import Job, JobStatus
+from rq.version import VERSION as rq_version
 from sentry_sdk.utils import event_from_exception
 
 from otel import ids
@@ -328,7 +329,7 @@ class _TracedWorkerMixin:
             span = self._span
             if span is not None and isinstance(error, BaseException):
                 span.record_exception(error)
-                _fail(span, type(error).__qualname__)
+                _fail(span, _error_type(error))
             self._report(job, exc_info=exc_info)
         except Exception:
             logger.exception("tracegate: could not report the failure of job %s", job.id)
@@ -381,15 +382,16 @@ class _TracedWorkerMixin:
                 sentry_sdk.capture_event(event, hint=hint)
             elif synthetic is not None:
                 kind, message = synthetic
+                module, _, name = kind.rpartition(".")
                 sentry_sdk.capture_event(
                     {
                         "level": "error",
                         "exception": {
                             "values": [
                                 {
-                                    "type": kind,
+                                    "type": name,
                                     "value": message,
-                                    "module": "rq",
+                                    "module": module or "rq",
                                     "mechanism": {"type": "rq", "handled": False},
                                 }
                             ]
@@ -415,7 +417,8 @@ class _TracedWorkerMixin:
             kind, message = "WorkHorseKilled", f"the work horse died ({name})"
         started = _as_utc(job.started_at)
         start_ns = int(started.timestamp() * 1e9) if started else None
-        token = open_unit()
+        outer = self._span  # rq 2.x SpawnWorker: the parent already traces the horse
+        token = open_unit() if outer is None else None
         span = self._start_consumer(job, job.origin, start_time=start_ns)
         self._span, self._reported = span, False
         try:
@@ -424,9 +427,18 @@ class _TracedWorkerMixin:
             with trace.use_span(span):
                 self._report(job, synthetic=(kind, message))
         finally:
-            self._span = None
-            span.end()
-            unpin(token)
+            if outer is None:
+                self._span = None
+                span.end()
+                unpin(token)
+
+
+def _error_type(error: BaseException) -> str:
+    """The exception's class name as semantic conventions want it: qualified by module."""
+    cls = type(error)
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _fail(span: trace.Span, error_type: str) -> None:
@@ -456,10 +468,65 @@ class TracedSimpleWorker(_TracedWorkerMixin, SimpleWorker):
     """rq's SimpleWorker (no fork), traced."""
 
 
+_RQ_MAJOR = int(rq_version.split(".")[0])
+
+
 if SpawnWorker is not None:
 
     class TracedSpawnWorker(_TracedWorkerMixin, SpawnWorker):
-        """rq's SpawnWorker, traced (the spawned work horse sets up its own telemetry)."""
+        """rq's SpawnWorker, traced.
+
+        On rq >= 3 the spawned work horse rebuilds this class, sets up its own
+        telemetry and traces the job like a forked one. On rq 2.x the horse runs rq's
+        plain classes, so the consumer span is made here, in the parent, around the
+        horse's whole life, and the outcome is read back from Redis.
+        """
+
+        def execute_job(self, job: Job, queue: Queue) -> Any:
+            if _RQ_MAJOR >= 3:
+                return super().execute_job(job, queue)
+            token = open_unit()
+            span = self._start_consumer(job, queue.name)
+            self._span, self._reported = span, False
+            try:
+                with trace.use_span(span, record_exception=False, set_status_on_exception=False):
+                    result = super().execute_job(job, queue)
+                    self._read_outcome(job)
+                return result
+            finally:
+                self._span = None
+                span.end()
+                unpin(token)
+
+        def _start_consumer(
+            self, job: Job, queue_name: str, start_time: int | None = None
+        ) -> trace.Span:
+            if _RQ_MAJOR < 3 and self._span is not None:
+                return self._span  # a killed horse: report on the span around it
+            return super()._start_consumer(job, queue_name, start_time)
+
+        def _read_outcome(self, job: Job) -> None:
+            if self._reported or self._span is None:
+                return
+            job.refresh()
+            status = job.get_status(refresh=False)
+            if status not in (JobStatus.FAILED, JobStatus.QUEUED, JobStatus.SCHEDULED):
+                return
+            result = job.latest_result()
+            if result is None or result.type == result.Type.SUCCESSFUL:
+                return
+            lines = (result.exc_string or "").strip().splitlines()
+            kind, _, message = (lines[-1] if lines else "Error").partition(": ")
+            self._span.add_event(
+                "exception",
+                {
+                    "exception.type": kind,
+                    "exception.message": message,
+                    "exception.stacktrace": result.exc_string or "",
+                },
+            )
+            _fail(self._span, kind)
+            self._report(job, synthetic=(kind, message), final=status == JobStatus.FAILED)
 
 else:  # pragma: no cover
     TracedSpawnWorker = None  # type: ignore[assignment,misc]
