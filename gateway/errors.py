@@ -51,7 +51,10 @@ def register_errors(app: flask.Flask) -> None:
 
     @app.errorhandler(ApiError)
     def api_error(error: ApiError) -> flask.Response:
-        return error_response(error.status, error.code, error.message)
+        response = error_response(error.status, error.code, error.message)
+        if error.status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="tracegate"'
+        return response
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> flask.Response:

@@ -4,7 +4,7 @@ Only RQ's own extension points are used, so the classes work in code and on RQ's
 command line::
 
     queue = TracedQueue("default", connection=redis)   # job_class=TracedJob
-    rq worker -w otel.rq.TracedWorker -j otel.rq.TracedJob -q otel.rq.TracedQueue
+    rq worker -w otel.rq.TracedWorker -j otel.rq.TracedJob
 
 - `TracedJob.create` — the one method every creation path goes through (`enqueue`,
   `enqueue_call`, `enqueue_many`, `enqueue_in`, `enqueue_at`, dependents, direct
@@ -248,8 +248,6 @@ class _TracedWorkerMixin:
         # `rq worker` passes job_class=rq.job.Job unless told otherwise: upgrade it.
         if kwargs.get("job_class") in (None, Job):
             kwargs["job_class"] = TracedJob
-        if kwargs.get("queue_class") in (None, Queue):
-            kwargs["queue_class"] = TracedQueue
         super().__init__(*args, **kwargs)
         self._telemetry = setup()
         self._span: trace.Span | None = None

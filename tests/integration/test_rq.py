@@ -280,6 +280,46 @@ def test_job_timeout_is_reported(
     assert error["contexts"]["trace"]["trace_id"] == trace_id
 
 
+@pytest.mark.parametrize(
+    "classes",
+    [
+        [
+            "-w",
+            "otel.rq.TracedWorker",
+            "-j",
+            "otel.rq.TracedJob",
+            "--queue-class",
+            "otel.rq.TracedQueue",
+        ],
+        ["-w", "otel.rq.TracedSimpleWorker"],  # rq's default job class is upgraded
+    ],
+)
+def test_rq_command_line_runs_the_traced_classes(
+    classes: list[str],
+    gateway: Gateway,
+    env: dict[str, str],
+    otlp_receiver: OTLPReceiver,
+    envelope_receiver: EnvelopeReceiver,
+    redis_url: str,
+) -> None:
+    created = post_job(gateway, {"task": "fail"})
+    gateway.flush()
+    rq = str(Path(sys.executable).with_name("rq"))
+    result = subprocess.run(
+        [rq, "worker", "--burst", "--url", redis_url, *classes, "default"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (consumer,) = consumer_spans(otlp_receiver, created["job_id"])
+    assert consumer.trace_id_hex == TRACE and consumer.status_name == "ERROR"
+    error = envelope_receiver.wait_for(lambda e: "exception" in e, item_type="event")
+    assert error["contexts"]["trace"]["span_id"] == consumer.span_id_hex
+
+
 def test_every_creation_path_writes_the_carrier_once(
     env: dict[str, str],
     gateway: Gateway,
