@@ -19,16 +19,17 @@ Configuration is the ecosystem's own environment (`OTEL_*`, `SENTRY_*`) plus a f
 from __future__ import annotations
 
 from collections.abc import MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import flask
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 
 from otel import ids
 from otel.config import ConfigError, TelemetryConfig
-from otel.flask import instrument_flask as _instrument_flask
 from otel.telemetry import Telemetry, active, setup
+
+if TYPE_CHECKING:
+    import flask
 
 __all__ = [
     "ConfigError",
@@ -46,6 +47,8 @@ __all__ = [
 
 def instrument_flask(app: flask.Flask, telemetry: Telemetry | None = None) -> flask.Flask:
     """Trace `app` with the process's telemetry (`setup()` is called if needed)."""
+    from otel.flask import instrument_flask as _instrument_flask  # workers never need Flask
+
     telemetry = telemetry or setup()
     config = telemetry.config
     return _instrument_flask(

@@ -74,6 +74,9 @@ class TelemetryConfig:
     rq_flush_timeout_s: float = 0.5
     rq_report_every_attempt: bool = False
     rq_delayed_links_only: bool = False
+    # "handoff": a work horse hands its spans to the worker process through Redis,
+    # which exports them; "flush": each work horse exports its own before it exits.
+    rq_export: str = "handoff"
     # Comma-separated regexes of URLs that get no server span (OpenTelemetry's syntax).
     excluded_urls: str = ""
 
@@ -217,6 +220,7 @@ class TelemetryConfig:
             rq_flush_timeout_s=reader.number("TRACEGATE_RQ_FLUSH_TIMEOUT_S", 0.5),
             rq_report_every_attempt=reader.flag("TRACEGATE_RQ_REPORT_EVERY_ATTEMPT", False),
             rq_delayed_links_only=reader.flag("TRACEGATE_RQ_DELAYED_LINKS_ONLY", False),
+            rq_export=reader.choice("TRACEGATE_RQ_EXPORT", ("handoff", "flush"), "handoff"),
             excluded_urls=environ.get(
                 "OTEL_PYTHON_FLASK_EXCLUDED_URLS", environ.get("OTEL_PYTHON_EXCLUDED_URLS", "")
             ).strip(),

@@ -30,6 +30,7 @@ from opentelemetry.trace import Link, SpanKind
 from opentelemetry.util.types import Attributes
 
 from otel.config import TelemetryConfig
+from otel.handoff import HandoffProcessor
 from otel.propagation import DEFERRED_SAMPLING_KEY, AdoptingIdGenerator
 
 __all__ = [
@@ -144,7 +145,8 @@ def build_exporter(config: TelemetryConfig) -> SpanExporter | None:
 
 def build_provider(
     config: TelemetryConfig, processors: list[SpanProcessor] | None = None
-) -> TracerProvider:
+) -> tuple[TracerProvider, HandoffProcessor]:
+    """The provider, and the processor that can hand a work horse's spans over."""
     # process.pid tells gunicorn workers and RQ work horses apart; built after any fork.
     attributes: dict[str, str | int] = {
         "service.name": config.service_name,
@@ -157,13 +159,18 @@ def build_provider(
         resource=Resource.create(attributes),
         sampler=build_sampler(config),
         id_generator=AdoptingIdGenerator(),
+        # The SDK's own exit hook waits out the exporter's timeout and retries against
+        # a dead collector; `otel.setup()` registers one bounded by the flush deadline.
+        shutdown_on_exit=False,
     )
+    chain: list[SpanProcessor] = []
     exporter = build_exporter(config)
     if exporter is not None:
-        provider.add_span_processor(BatchSpanProcessor(exporter))
-    for processor in processors or ():
-        provider.add_span_processor(processor)
-    return provider
+        chain.append(BatchSpanProcessor(exporter))
+    chain.extend(processors or ())
+    handoff = HandoffProcessor(chain)
+    provider.add_span_processor(handoff)
+    return provider, handoff
 
 
 def flush(provider: trace.TracerProvider, timeout_s: float) -> bool:

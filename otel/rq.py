@@ -47,7 +47,8 @@ from sentry_sdk.utils import event_from_exception
 
 from otel import ids
 from otel.propagation import TracegatePropagator
-from otel.sentry import open_unit, pin, unpin
+from otel.provider import within
+from otel.sentry import SentryBridge, open_unit, pin, unpin
 from otel.telemetry import Telemetry, active, setup
 
 try:  # rq >= 2.2
@@ -257,16 +258,60 @@ class _TracedWorkerMixin:
 
         ignore_logger("rq.worker")
 
-    # Parent side (the worker process): count attempts before the job runs anywhere.
+    # Parent side (the worker process): count attempts before the job runs anywhere,
+    # and take over the spans the work horse handed over when it is done.
     def execute_job(self, job: Job, queue: Queue) -> Any:
         try:
             job._tracegate_attempt = job.connection.hincrby(job.key, _ATTEMPT_FIELD, 1)  # type: ignore[attr-defined]
         except Exception:
             logger.exception("tracegate: could not count the attempt of job %s", job.id)
-        return super().execute_job(job, queue)  # type: ignore[misc]
+        try:
+            return super().execute_job(job, queue)  # type: ignore[misc]
+        finally:
+            self._take_over_spans()
+
+    def _handoff_key(self) -> str:
+        return f"tracegate:handoff:{self.name}"
+
+    def _take_over_spans(self) -> None:
+        handoff = self._telemetry.handoff
+        if handoff is None:
+            return
+        try:
+            with self.connection.pipeline(transaction=True) as pipe:
+                pipe.lrange(self._handoff_key(), 0, -1)
+                pipe.delete(self._handoff_key())
+                payloads, _ = pipe.execute()
+            for payload in payloads:
+                token = open_unit()
+                try:
+                    handoff.load(payload)
+                finally:
+                    unpin(token)
+        except Exception:
+            logger.exception("tracegate: could not take over the work horse's spans")
+
+    def _hand_over_spans(self) -> None:
+        """In the work horse: one RPUSH of every finished span, then only Sentry's queue."""
+        telemetry = self._telemetry
+        handoff = telemetry.handoff
+        assert handoff is not None
+        payload = handoff.dump()
+        if payload is not None:
+            with self.connection.pipeline(transaction=True) as pipe:
+                pipe.rpush(self._handoff_key(), payload)
+                pipe.expire(self._handoff_key(), 3600)
+                pipe.execute()
+        telemetry.flush(telemetry.config.rq_flush_timeout_s, spans=False)
 
     def perform_job(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> Any:
         telemetry = self._telemetry
+        in_horse = bool(getattr(self, "is_horse", False))
+        handing_off = in_horse and telemetry.handoff is not None
+        if in_horse:
+            telemetry.after_fork()
+        if handing_off:
+            telemetry.handoff.start_buffering()  # type: ignore[union-attr]
         token = open_unit()
         span = self._start_consumer(job, queue.name)
         self._span, self._reported = span, False
@@ -279,8 +324,10 @@ class _TracedWorkerMixin:
             self._span = None
             span.end()
             unpin(token)
-            if getattr(self, "is_horse", False):
-                # os._exit follows: nothing buffered survives it.
+            # os._exit follows in a work horse: nothing buffered survives it.
+            if handing_off:
+                within(telemetry.config.rq_flush_timeout_s, "span handoff", self._hand_over_spans)
+            elif in_horse:
                 telemetry.flush(telemetry.config.rq_flush_timeout_s)
 
     def _start_consumer(
@@ -358,12 +405,13 @@ class _TracedWorkerMixin:
     ) -> None:
         if final is None:
             final = not (job.retries_left or 0) > 0
+        self._reported = True
+        report = final or self._telemetry.config.rq_report_every_attempt
         if self._span is not None:
             self._span.set_attribute("messaging.rq.job.final_attempt", final)
-            if self._telemetry.bridge is not None:
-                self._telemetry.bridge.mark_reported(self._span)
-        self._reported = True
-        if not final and not self._telemetry.config.rq_report_every_attempt:
+            if not report:
+                SentryBridge.mark_reported(self._span, "retrying")
+        if not report:
             return
         with sentry_sdk.new_scope() as scope:
             scope.set_tag("rq.job_id", job.id)

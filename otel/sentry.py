@@ -34,6 +34,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanContext, StatusCode
 from sentry_sdk.integrations import Integration
+from sentry_sdk.integrations.logging import ignore_logger
 from sentry_sdk.scope import add_global_event_processor
 
 from otel import ids
@@ -55,6 +56,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 _ORIGIN = "auto.otel.tracegate"
 _EVENT_ID_ATTRIBUTE = "sentry.event_id"
+_SKIPPED_ATTRIBUTE = "sentry.error_skipped"
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,7 @@ class SentryBridge(SpanProcessor):
         self.propagator = propagator
         self.failures = 0  # telemetry errors swallowed, for operators
         self.dropped_spans = 0
+        self.events_seen = 0  # lets a work horse skip flushing when it sent nothing
         self._reset()
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._reset)
@@ -141,7 +144,6 @@ class SentryBridge(SpanProcessor):
         self._lock = threading.Lock()
         self._segments: OrderedDict[int, _Segment] = OrderedDict()
         self._segment_of: dict[int, int] = {}
-        self._errors_captured: OrderedDict[int, None] = OrderedDict()
 
     # -- span processor -------------------------------------------------------
 
@@ -195,7 +197,6 @@ class SentryBridge(SpanProcessor):
             span_id = span_context.span_id
             finished: _Segment | None = None
             with self._lock:
-                captured = self._errors_captured.pop(span_id, False) is None
                 root = self._segment_of.pop(span_id, None)
                 segment = self._segments.get(root) if root is not None else None
                 if segment is not None:
@@ -209,8 +210,7 @@ class SentryBridge(SpanProcessor):
                     else:
                         segment.dropped += 1
                         self.dropped_spans += 1
-            if not captured:
-                self._capture_span_error(span)
+            self._capture_span_error(span)
             if finished is not None:
                 sentry_sdk.capture_event(self._transaction(span, finished))  # type: ignore[arg-type]
         except Exception:
@@ -228,6 +228,7 @@ class SentryBridge(SpanProcessor):
     # -- events ---------------------------------------------------------------
 
     def on_event(self, event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
+        self.events_seen += 1
         try:
             if event.get("type") == "transaction":
                 return event
@@ -241,21 +242,18 @@ class SentryBridge(SpanProcessor):
             span = trace.get_current_span()
             if event_id and span.is_recording():
                 span.set_attribute(_EVENT_ID_ATTRIBUTE, event_id)
-                if "exception" in event:
-                    self._mark_error_captured(span.get_span_context().span_id)
         except Exception:
             self._failed("event processor")
         return event
 
-    def mark_reported(self, span: trace.Span) -> None:
-        """The span's error is reported (or deliberately not): no fallback event for it."""
-        self._mark_error_captured(span.get_span_context().span_id)
+    @staticmethod
+    def mark_reported(span: trace.Span, reason: str) -> None:
+        """The span's error is handled by its integration: no fallback event for it.
 
-    def _mark_error_captured(self, span_id: int) -> None:
-        with self._lock:
-            self._errors_captured[span_id] = None
-            while len(self._errors_captured) > self.config.max_open_segments:
-                self._errors_captured.popitem(last=False)
+        Kept on the span itself (not in this process's memory), so the decision holds
+        when the span is handed to another process to be mirrored.
+        """
+        span.set_attribute(_SKIPPED_ATTRIBUTE, reason)
 
     def _trace_context(self, current: Pin, **extra: Any) -> dict[str, Any]:
         context: dict[str, Any] = {
@@ -345,6 +343,9 @@ class SentryBridge(SpanProcessor):
         """An exception recorded on a span in error that no Sentry event reported."""
         if span.status.status_code is not StatusCode.ERROR:
             return
+        attributes_seen = span.attributes or {}
+        if _EVENT_ID_ATTRIBUTE in attributes_seen or _SKIPPED_ATTRIBUTE in attributes_seen:
+            return
         recorded = next((e for e in span.events if e.name == "exception"), None)
         if recorded is None:
             return
@@ -427,6 +428,10 @@ def init_sentry(config: TelemetryConfig, bridge: SentryBridge) -> bool:
         integrations=[TracegateIntegration(bridge)],
         disabled_integrations=[RqIntegration()],
     )
+    # Telemetry's own troubles (a collector that is down, a failed export) belong in the
+    # logs, not in Sentry as events of the application: that way lies a feedback loop.
+    for name in ("opentelemetry.*", "otel", "otel.*"):
+        ignore_logger(name)
     # Logs, check-ins and metrics that sentry-sdk sends outside events use OTel's ids too.
     try:
         from sentry_sdk.scope import register_external_propagation_context

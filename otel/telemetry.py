@@ -10,6 +10,7 @@ tests use to run several configurations in one process.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -22,8 +23,10 @@ from urllib.parse import urlsplit
 import sentry_sdk
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import TracerProvider
+from sentry_sdk.transport import make_transport
 
 from otel.config import TelemetryConfig
+from otel.handoff import HandoffProcessor
 from otel.propagation import DscDefaults, TracegatePropagator, compose
 from otel.provider import build_provider, flush, sample_rate, within
 from otel.sentry import SentryBridge, init_sentry
@@ -43,6 +46,10 @@ class Telemetry:
     provider: TracerProvider | None
     propagator: TracegatePropagator
     bridge: SentryBridge | None
+    # Hands a forked work horse's spans to its parent (None with the SDK disabled, or
+    # when TRACEGATE_RQ_EXPORT=flush makes each work horse export its own).
+    handoff: HandoffProcessor | None = None
+    _events_at_fork: int = -1
 
     @property
     def sentry_enabled(self) -> bool:
@@ -54,18 +61,42 @@ class Telemetry:
     def tracer(self, name: str) -> trace.Tracer:
         return self.tracer_provider().get_tracer(name)
 
-    def flush(self, timeout_s: float | None = None) -> bool:
-        """Export pending spans and send pending Sentry events within one deadline."""
+    def flush(self, timeout_s: float | None = None, *, spans: bool = True) -> bool:
+        """Export pending spans and send pending Sentry events within one deadline.
+
+        `spans=False` flushes Sentry only. Sentry is skipped when this process has
+        captured no event since `after_fork` (a work horse that sent nothing).
+        """
         budget = self.config.flush_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + budget
         ok = True
-        if self.provider is not None:
+        if spans and self.provider is not None:
             ok = flush(self.provider, budget)
         client = sentry_sdk.get_client()
-        if self.bridge is not None and client.is_active():
+        bridge = self.bridge
+        if bridge is not None and client.is_active() and bridge.events_seen != self._events_at_fork:
             remaining = max(0.0, deadline - time.monotonic())
             client.flush(timeout=remaining)
         return ok
+
+    def after_fork(self) -> None:
+        """In a forked child: give Sentry a transport of its own.
+
+        The child inherits the parent's transport queue mid-flight: an envelope the
+        parent was sending when it forked stays "unfinished" in the child's copy
+        forever, and every flush there waits for it until its deadline. A new
+        transport (about 0.1 ms) starts clean; the parent's is untouched.
+        """
+        if self.bridge is None:
+            return
+        self._events_at_fork = self.bridge.events_seen
+        client = sentry_sdk.get_client()
+        if not client.is_active():
+            return
+        try:
+            client.transport = make_transport(client.options)
+        except Exception:  # telemetry never breaks a job
+            logger.exception("tracegate: could not renew the Sentry transport after fork")
 
     def shutdown(self, timeout_s: float | None = None) -> None:
         """Flush, then stop exporting; bounded by the same deadline as `flush`."""
@@ -121,12 +152,31 @@ def setup(
         if config.sentry_dsn or config.sentry_spotlight:
             bridge = SentryBridge(config, propagator)
             init_sentry(config, bridge)
-        provider = None
+        provider = handoff = None
         if not config.sdk_disabled:
-            provider = build_provider(config, [bridge] if bridge is not None else [])
+            provider, handoff = build_provider(config, [bridge] if bridge is not None else [])
             _set_global_provider(provider)
-        _active = Telemetry(config, provider, propagator, bridge)
+        if config.rq_export != "handoff":
+            handoff = None
+        _active = Telemetry(config, provider, propagator, bridge, handoff)
+        _register_exit_hook()
         return _active
+
+
+_exit_hook_registered = False
+
+
+def _register_exit_hook() -> None:
+    global _exit_hook_registered
+    if not _exit_hook_registered:
+        atexit.register(_shutdown_at_exit)
+        _exit_hook_registered = True
+
+
+def _shutdown_at_exit() -> None:
+    telemetry = _active
+    if telemetry is not None:
+        telemetry.shutdown()
 
 
 def _set_global_provider(provider: TracerProvider) -> None:

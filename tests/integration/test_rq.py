@@ -103,9 +103,13 @@ def producer_span(otlp: OTLPReceiver, trace_id: str = TRACE) -> ReceivedSpan:
     return otlp.wait_for_span(lambda s: s.kind_name == "PRODUCER" and s.trace_id_hex == trace_id)
 
 
-@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+@pytest.mark.parametrize(
+    ("worker_class", "export"),
+    [*[(w, "handoff") for w in WORKER_CLASSES], ("fork", "flush")],
+)
 def test_request_trace_reaches_the_worker(
     worker_class: str,
+    export: str,
     gateway: Gateway,
     env: dict[str, str],
     otlp_receiver: OTLPReceiver,
@@ -122,7 +126,8 @@ def test_request_trace_reaches_the_worker(
     assert "_sentry_trace_headers" not in job.meta  # sentry-sdk's RqIntegration is off
     gateway.flush()
 
-    run_worker(env, worker_class)
+    run_worker({**env, "TRACEGATE_RQ_EXPORT": export}, worker_class)
+    assert connection.keys("tracegate:handoff:*") == []  # the parent took everything over
 
     server = otlp_receiver.wait_for_span(lambda s: s.name == "POST /v1/jobs")
     producer = producer_span(otlp_receiver)

@@ -1,0 +1,163 @@
+"""Hand finished spans from a short-lived process to a long-lived one.
+
+A forked RQ work horse ends with `os._exit`, so whatever its span processors buffer is
+lost unless it is exported before — an HTTP round trip to the collector (and one to
+Sentry for the transaction) on every job's critical path. Instead, `HandoffProcessor`
+keeps a work horse's finished spans in memory; the horse writes them to Redis in one
+RPUSH as it ends (`dump`), and the long-lived worker process reads them back (`load`)
+and feeds them to its own processors, which export in the background and build the
+Sentry transactions. Outside a work horse the processor simply delegates.
+
+Spans cross as plain values (ids, attributes, events, links, status, times, resource,
+scope), pickled: both ends are this module, in the same deployment.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+from otel.propagation import SpecTraceState
+
+__all__ = ["HandoffProcessor"]
+
+logger = logging.getLogger(__name__)
+_MAX_BUFFERED = 10_000
+
+
+class HandoffProcessor(SpanProcessor):
+    """Delegates to `processors`; in a work horse, buffers finished spans instead."""
+
+    def __init__(self, processors: Sequence[SpanProcessor]) -> None:
+        self.processors = list(processors)
+        self._buffer: list[ReadableSpan] | None = None
+        self._lock = threading.Lock()
+        self.dropped = 0
+
+    # -- the work horse's side ---------------------------------------------------
+
+    def start_buffering(self) -> None:
+        with self._lock:
+            self._buffer = []
+
+    def take(self) -> list[ReadableSpan]:
+        """Stop buffering and return what was buffered."""
+        with self._lock:
+            spans, self._buffer = self._buffer or [], None
+        return spans
+
+    def dump(self) -> bytes | None:
+        spans = self.take()
+        if not spans:
+            return None
+        return pickle.dumps([_to_value(span) for span in spans], protocol=pickle.HIGHEST_PROTOCOL)
+
+    # -- the long-lived process's side ---------------------------------------------
+
+    def load(self, payload: bytes) -> int:
+        """Feed spans a work horse dumped to the processors, as if they ran here."""
+        spans = [_from_value(value) for value in pickle.loads(payload)]
+        # Starts in start order, so parents are known before their children.
+        for span in sorted(spans, key=lambda s: s.start_time or 0):
+            for processor in self.processors:
+                processor.on_start(span, None)  # type: ignore[arg-type]
+        for span in sorted(spans, key=lambda s: s.end_time or 0):
+            for processor in self.processors:
+                processor.on_end(span)
+        return len(spans)
+
+    # -- SpanProcessor -------------------------------------------------------------
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        if self._buffer is not None:
+            return
+        for processor in self.processors:
+            processor.on_start(span, parent_context)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        with self._lock:
+            buffer = self._buffer
+            if buffer is not None:
+                if len(buffer) < _MAX_BUFFERED:
+                    buffer.append(span)
+                else:
+                    self.dropped += 1
+                return
+        for processor in self.processors:
+            processor.on_end(span)
+
+    def shutdown(self) -> None:
+        for processor in self.processors:
+            processor.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return all(p.force_flush(timeout_millis) for p in self.processors)
+
+
+def _context_value(context: SpanContext | None) -> tuple[Any, ...] | None:
+    if context is None:
+        return None
+    return (
+        context.trace_id,
+        context.span_id,
+        context.is_remote,
+        int(context.trace_flags),
+        tuple(context.trace_state.items()),
+    )
+
+
+def _context(value: tuple[Any, ...] | None) -> SpanContext | None:
+    if value is None:
+        return None
+    trace_id, span_id, is_remote, flags, state = value
+    return SpanContext(trace_id, span_id, is_remote, TraceFlags(flags), SpecTraceState(state))
+
+
+def _to_value(span: ReadableSpan) -> dict[str, Any]:
+    scope = span.instrumentation_scope
+    return {
+        "name": span.name,
+        "context": _context_value(span.get_span_context()),
+        "parent": _context_value(span.parent),
+        "resource": dict(span.resource.attributes),
+        "attributes": dict(span.attributes or {}),
+        "events": [(e.name, dict(e.attributes or {}), e.timestamp) for e in span.events],
+        "links": [
+            (_context_value(link.context), dict(link.attributes or {})) for link in span.links
+        ],
+        "kind": span.kind.value,
+        "status": (span.status.status_code.value, span.status.description),
+        "start": span.start_time,
+        "end": span.end_time,
+        "scope": (scope.name, scope.version, scope.schema_url) if scope else None,
+    }
+
+
+def _from_value(value: dict[str, Any]) -> ReadableSpan:
+    code, description = value["status"]
+    scope = value["scope"]
+    return ReadableSpan(
+        name=value["name"],
+        context=_context(value["context"]),
+        parent=_context(value["parent"]),
+        resource=Resource(value["resource"]),
+        attributes=value["attributes"],
+        events=[
+            Event(name, attributes, timestamp) for name, attributes, timestamp in value["events"]
+        ],
+        links=[Link(_context(ctx), attributes) for ctx, attributes in value["links"]],  # type: ignore[arg-type]
+        kind=SpanKind(value["kind"]),
+        status=Status(StatusCode(code), description),
+        start_time=value["start"],
+        end_time=value["end"],
+        instrumentation_scope=InstrumentationScope(*scope) if scope else None,
+    )
