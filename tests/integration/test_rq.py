@@ -99,6 +99,17 @@ def consumer_spans(otlp: OTLPReceiver, job_id: str, count: int = 1) -> list[Rece
     )
 
 
+def enqueue_traced(
+    gateway: Gateway, connection: redis.Redis, function: str, *args: Any, **kwargs: Any
+) -> tuple[Job, str]:
+    """Enqueue inside a span of the test's own, as code outside a request would."""
+    queue = TracedQueue("default", connection=connection)
+    with gateway.telemetry.tracer("test").start_as_current_span("caller") as caller:
+        job = queue.enqueue(f"tests.jobs.functions.{function}", *args, **kwargs)
+    gateway.flush()
+    return job, f"{caller.get_span_context().trace_id:032x}"
+
+
 def producer_span(otlp: OTLPReceiver, trace_id: str = TRACE) -> ReceivedSpan:
     return otlp.wait_for_span(lambda s: s.kind_name == "PRODUCER" and s.trace_id_hex == trace_id)
 
@@ -228,17 +239,14 @@ def test_returned_retry_until_exhausted_is_reported(
     envelope_receiver: EnvelopeReceiver,
     connection: redis.Redis,
 ) -> None:
-    queue = TracedQueue("default", connection=connection)
-    with gateway.telemetry.tracer("test").start_as_current_span("caller"):
-        job = queue.enqueue("tests.jobs.functions.keep_retrying")
-    gateway.flush()
+    job, trace_id = enqueue_traced(gateway, connection, "keep_retrying")
     run_worker(env)
     spans = consumer_spans(otlp_receiver, job.id, count=3)
     last = max(spans, key=lambda s: s.attributes["messaging.rq.job.attempt"])
     assert last.status_name == "ERROR" and last.attributes["error.type"] == "rq.RetriesExhausted"
     error = envelope_receiver.wait_for(lambda e: "exception" in e, item_type="event")
     assert error["exception"]["values"][0]["type"] == "RetriesExhausted"
-    assert error["contexts"]["trace"]["trace_id"] == last.trace_id_hex
+    assert error["contexts"]["trace"]["trace_id"] == last.trace_id_hex == trace_id
 
 
 def test_killed_work_horse_is_reported_by_the_parent(
@@ -248,11 +256,7 @@ def test_killed_work_horse_is_reported_by_the_parent(
     envelope_receiver: EnvelopeReceiver,
     connection: redis.Redis,
 ) -> None:
-    queue = TracedQueue("default", connection=connection)
-    with gateway.telemetry.tracer("test").start_as_current_span("caller") as caller:
-        job = queue.enqueue("tests.jobs.functions.die")
-    trace_id = f"{caller.get_span_context().trace_id:032x}"
-    gateway.flush()
+    job, trace_id = enqueue_traced(gateway, connection, "die")
     run_worker(env, "fork")
     (consumer,) = consumer_spans(otlp_receiver, job.id)
     assert consumer.trace_id_hex == trace_id and consumer.status_name == "ERROR"
@@ -272,11 +276,7 @@ def test_job_timeout_is_reported(
     envelope_receiver: EnvelopeReceiver,
     connection: redis.Redis,
 ) -> None:
-    queue = TracedQueue("default", connection=connection)
-    with gateway.telemetry.tracer("test").start_as_current_span("caller") as caller:
-        job = queue.enqueue("tests.jobs.functions.slow", 10, job_timeout=1)
-    trace_id = f"{caller.get_span_context().trace_id:032x}"
-    gateway.flush()
+    job, trace_id = enqueue_traced(gateway, connection, "slow", 10, job_timeout=1)
     run_worker(env, "fork")
     (consumer,) = consumer_spans(otlp_receiver, job.id)
     assert consumer.status_name == "ERROR" and "Timeout" in consumer.attributes["error.type"]
