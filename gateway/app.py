@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import flask
-import redis
 
 import otel
-from gateway.api import demo, health, jobs
+from gateway.api import demo, health, jobs, traces
 from gateway.errors import register_errors
 from gateway.settings import Settings
+from gateway.telemetry import connect, start_telemetry
 
 __all__ = ["create_app"]
 
@@ -16,7 +16,8 @@ __all__ = ["create_app"]
 def create_app(settings: Settings | None = None) -> flask.Flask:
     """Build the gateway; telemetry is set up here, once per process, never at import."""
     settings = settings or Settings.from_env()
-    telemetry = otel.setup(settings.telemetry)
+    connection = connect(settings)
+    telemetry, store = start_telemetry(settings, connection)
     app = flask.Flask("tracegate")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -25,13 +26,12 @@ def create_app(settings: Settings | None = None) -> flask.Flask:
     otel.instrument_flask(app, telemetry)
     register_errors(app)
     app.extensions["tracegate.tasks"] = settings.registry()
-    app.extensions["tracegate.redis"] = redis.Redis.from_url(
-        settings.redis_url or "redis://127.0.0.1:6379/0",
-        socket_connect_timeout=2.0,
-        socket_timeout=5.0,
-    )
+    app.extensions["tracegate.redis"] = connection
+    if store is not None:
+        app.extensions["tracegate.store"] = store
     app.register_blueprint(health.blueprint)
     app.register_blueprint(jobs.blueprint)
+    app.register_blueprint(traces.blueprint)
     if settings.demo_routes:
         app.register_blueprint(demo.blueprint)
     return app

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from gateway.store import StoreLimits
 from gateway.tasks import DEMO_TASKS, Registry
 from otel.config import ConfigError, EnvReader, TelemetryConfig
 
@@ -23,6 +24,7 @@ else:  # pragma: no cover - Python 3.10
 __all__ = ["ConfigError", "Settings"]
 
 _DEFAULT_SERVICE = "tracegate"
+_EXCLUDED_URLS = "/healthz,/readyz,/traces,/v1/traces,/static/"
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,12 @@ class Settings:
     demo_tasks: bool = False
     queues: tuple[str, ...] = ("default",)
     api_keys: tuple[str, ...] = field(default=(), repr=False)
+    store: bool = True
+    store_limits: StoreLimits = field(default_factory=StoreLimits)
+
+    @property
+    def redis(self) -> str:
+        return self.redis_url or "redis://127.0.0.1:6379/0"
 
     def registry(self) -> Registry:
         paths = {**(DEMO_TASKS if self.demo_tasks else {}), **self.tasks}
@@ -56,6 +64,8 @@ class Settings:
             values, tasks = _read_toml(config_file, problems)
             env = {**values, **env}
         env.setdefault("OTEL_SERVICE_NAME", _DEFAULT_SERVICE)
+        # Probes and the trace viewer would otherwise fill the store with their own traces.
+        env.setdefault("OTEL_PYTHON_FLASK_EXCLUDED_URLS", _EXCLUDED_URLS)
         reader = EnvReader(env)
         telemetry = TelemetryConfig()
         try:
@@ -76,6 +86,12 @@ class Settings:
             demo_tasks=reader.flag("TRACEGATE_DEMO_TASKS", False),
             queues=reader.words("TRACEGATE_QUEUES") or ("default",),
             api_keys=reader.words("TRACEGATE_API_KEYS"),
+            store=reader.flag("TRACEGATE_STORE", True),
+            store_limits=StoreLimits(
+                max_traces=int(reader.number("TRACEGATE_STORE_MAX_TRACES", 1000)),
+                max_age_s=int(reader.number("TRACEGATE_STORE_MAX_AGE_S", 24 * 3600)),
+                max_spans_per_trace=int(reader.number("TRACEGATE_STORE_MAX_SPANS", 5000)),
+            ),
         )
         problems += reader.problems + settings.problems()
         if problems:
@@ -90,6 +106,13 @@ class Settings:
             found.append("TRACEGATE_WORKERS: must be at least 1")
         if self.threads < 1:
             found.append("TRACEGATE_THREADS: must be at least 1")
+        for name, value in (
+            ("TRACEGATE_STORE_MAX_TRACES", self.store_limits.max_traces),
+            ("TRACEGATE_STORE_MAX_AGE_S", self.store_limits.max_age_s),
+            ("TRACEGATE_STORE_MAX_SPANS", self.store_limits.max_spans_per_trace),
+        ):
+            if value < 1:
+                found.append(f"{name}: must be at least 1")
         if self.max_body_bytes < 1:
             found.append("TRACEGATE_MAX_BODY_BYTES: must be at least 1")
         paths = {**(DEMO_TASKS if self.demo_tasks else {}), **self.tasks}

@@ -12,11 +12,10 @@ import importlib
 import logging
 from collections.abc import Sequence
 
-import redis
 from rq.worker import BaseWorker
 
-import otel
 from gateway.settings import Settings
+from gateway.telemetry import connect, start_telemetry
 from otel.rq import TracedJob, TracedQueue
 
 __all__ = ["WORKER_CLASSES", "run_worker"]
@@ -46,9 +45,9 @@ def run_worker(
     worker_class: str = "fork",
     burst: bool = False,
 ) -> int:
-    telemetry = otel.setup(settings.telemetry)
+    connection = connect(settings)
+    telemetry, _ = start_telemetry(settings, connection)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    connection = redis.Redis.from_url(settings.redis_url or "redis://127.0.0.1:6379/0")
     worker = load_worker_class(worker_class)(
         [TracedQueue(name, connection=connection) for name in queues],
         connection=connection,

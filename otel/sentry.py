@@ -41,6 +41,7 @@ from otel import ids
 from otel.config import TelemetryConfig
 from otel.propagation import TracegatePropagator
 from otel.semconv import sentry_op, sentry_status, span_description
+from otel.transport import EventSink, sentry_transport
 
 __all__ = [
     "Pin",
@@ -411,12 +412,21 @@ def _external_context() -> tuple[str, str] | None:
     return ids.trace_id_hex(current.trace_id), ids.span_id_hex(current.span_id)
 
 
-def init_sentry(config: TelemetryConfig, bridge: SentryBridge) -> bool:
-    """Start sentry-sdk with the bridge; False (and Sentry off) without a DSN."""
-    if not config.sentry_dsn and not config.sentry_spotlight:
+def init_sentry(
+    config: TelemetryConfig, bridge: SentryBridge, event_sink: EventSink | None = None
+) -> bool:
+    """Start sentry-sdk with the bridge.
+
+    Off (False) without a DSN, Spotlight or event sink. With a sink, every error and
+    message event also reaches it, DSN or not.
+    """
+    if not config.sentry_dsn and not config.sentry_spotlight and event_sink is None:
         return False
     from sentry_sdk.integrations.rq import RqIntegration
 
+    extra: dict[str, Any] = {}
+    if event_sink is not None:
+        extra["transport"] = sentry_transport(event_sink, config.sentry_dsn)
     sentry_sdk.init(
         dsn=config.sentry_dsn or None,
         environment=config.sentry_environment,
@@ -427,6 +437,7 @@ def init_sentry(config: TelemetryConfig, bridge: SentryBridge) -> bool:
         traces_sample_rate=None,
         integrations=[TracegateIntegration(bridge)],
         disabled_integrations=[RqIntegration()],
+        **extra,
     )
     # Telemetry's own troubles (a collector that is down, a failed export) belong in the
     # logs, not in Sentry as events of the application: that way lies a feedback loop.

@@ -15,14 +15,14 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import sentry_sdk
 from opentelemetry import propagate, trace
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from sentry_sdk.transport import make_transport
 
 from otel.config import TelemetryConfig
@@ -30,6 +30,7 @@ from otel.handoff import HandoffProcessor
 from otel.propagation import DscDefaults, TracegatePropagator, compose
 from otel.provider import build_provider, flush, sample_rate, within
 from otel.sentry import SentryBridge, init_sentry
+from otel.transport import EventSink
 
 __all__ = ["Telemetry", "active", "setup"]
 
@@ -122,12 +123,16 @@ def setup(
     config: TelemetryConfig | None = None,
     *,
     environ: Mapping[str, str] | None = None,
+    processors: Sequence[SpanProcessor] = (),
+    event_sink: EventSink | None = None,
     **overrides: Any,
 ) -> Telemetry:
     """Set up OpenTelemetry and Sentry for this process, or return what is set up.
 
     `config` defaults to `TelemetryConfig.from_env(environ or os.environ)`; keyword
     overrides name `TelemetryConfig` fields (`service_name="api"`, `sentry_dsn=""`).
+    `processors` are added after the OTLP export (a work horse hands them its spans
+    too); `event_sink` receives every Sentry error and message event, DSN or not.
     """
     global _active
     with _lock:
@@ -149,12 +154,13 @@ def setup(
         )
         propagate.set_global_textmap(compose(propagate.get_global_textmap(), propagator))
         bridge = None
-        if config.sentry_dsn or config.sentry_spotlight:
+        if config.sentry_dsn or config.sentry_spotlight or event_sink is not None:
             bridge = SentryBridge(config, propagator)
-            init_sentry(config, bridge)
+            init_sentry(config, bridge, event_sink)
         provider = handoff = None
         if not config.sdk_disabled:
-            provider, handoff = build_provider(config, [bridge] if bridge is not None else [])
+            chain = [*processors, *([bridge] if bridge is not None else [])]
+            provider, handoff = build_provider(config, chain)
             _set_global_provider(provider)
         if config.rq_export != "handoff":
             handoff = None

@@ -32,7 +32,12 @@ def gateways(base_env: dict[str, str]) -> Iterator[GatewayFactory]:
     started: list[Gateway] = []
 
     def make(**env: str) -> Gateway:
-        environ = {"OTEL_SERVICE_NAME": "tracegate-test", "OTEL_BSP_SCHEDULE_DELAY": "50"}
+        environ = {
+            "OTEL_SERVICE_NAME": "tracegate-test",
+            "OTEL_BSP_SCHEDULE_DELAY": "50",
+            # The local trace store needs a Redis: tests that have one turn it on.
+            "TRACEGATE_STORE": "1" if "REDIS_URL" in {**base_env, **env} else "0",
+        }
         app = create_app(Settings.from_env({**environ, **base_env, **env}))
         gateway = Gateway(app, app.test_client(), app.extensions["tracegate.telemetry"])
         started.append(gateway)

@@ -167,7 +167,7 @@ def test_unsampled_inbound_links_errors_but_sends_no_transaction_or_span(
     ]
     assert sampled and set(sampled) == {"false"}
     # A marker request proves the pipelines were flowing while the unsampled ones were not sent.
-    gateway.client.get("/healthz", headers={"traceparent": f"00-{'1' * 32}-{PARENT}-01"})
+    gateway.client.get("/example", headers={"traceparent": f"00-{'1' * 32}-{PARENT}-01"})
     gateway.flush()
     otlp_receiver.wait_for_span(lambda s: s.trace_id_hex == "1" * 32)
     envelope_receiver.wait_for(
@@ -188,7 +188,7 @@ def test_error_captured_after_the_request_span_ended_still_links(
         ended.append(not trace.get_current_span().is_recording())
         sentry_sdk.capture_message("late teardown report")
 
-    gateway.client.get("/healthz", headers={"traceparent": f"00-{TRACE}-{PARENT}-01"})
+    gateway.client.get("/example", headers={"traceparent": f"00-{TRACE}-{PARENT}-01"})
     gateway.flush()
     assert ended == [True]
     late = envelope_receiver.wait_for(_is_message("late teardown report"), item_type="event")

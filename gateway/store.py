@@ -1,0 +1,321 @@
+"""The local trace store: finished spans and Sentry event summaries, kept in Redis.
+
+Every process (gateway workers, RQ workers) writes through `StoreExporter`, an
+OpenTelemetry exporter behind a batch processor, and through `record_event` for the
+Sentry events it sends, so a trace's spans from all processes meet in one place.
+Bounded by count (`TRACEGATE_STORE_MAX_TRACES`, spans per trace) and age
+(`TRACEGATE_STORE_MAX_AGE_S`): keys expire and the index is trimmed on every write.
+
+Keys (prefix `tracegate:store`): `index` (sorted set: trace id → last write, ms),
+`t:<trace>:spans` and `t:<trace>:events` (lists of JSON records), `t:<trace>:summary`
+(hash: counts, start/end, root span), all updated atomically by one Lua script.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from otel import ids
+
+__all__ = ["StoreExporter", "StoreLimits", "TraceStore", "span_record"]
+
+logger = logging.getLogger(__name__)
+
+_PREFIX = "tracegate:store"
+_FIELDS_PER_SPAN = 7
+
+# KEYS: spans, summary, index. ARGV: trace id, now ms, ttl s, max spans, then per span
+# (record, start ms, end ms, error 0/1, root 0/1, name, service).
+_ADD_SPANS = """
+local n = redis.call('LLEN', KEYS[1])
+for i = 5, #ARGV, 7 do
+  if n < tonumber(ARGV[4]) then
+    redis.call('RPUSH', KEYS[1], ARGV[i])
+    n = n + 1
+    local s, e = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+    local cs = tonumber(redis.call('HGET', KEYS[2], 'start_ms'))
+    if not cs or s < cs then redis.call('HSET', KEYS[2], 'start_ms', ARGV[i + 1]) end
+    local ce = tonumber(redis.call('HGET', KEYS[2], 'end_ms'))
+    if not ce or e > ce then redis.call('HSET', KEYS[2], 'end_ms', ARGV[i + 2]) end
+    redis.call('HINCRBY', KEYS[2], 'span_count', 1)
+    if ARGV[i + 3] == '1' then redis.call('HINCRBY', KEYS[2], 'error_count', 1) end
+    if ARGV[i + 4] == '1' then
+      local rs = tonumber(redis.call('HGET', KEYS[2], 'root_start_ms'))
+      if not rs or s < rs then
+        redis.call('HSET', KEYS[2], 'root_start_ms', ARGV[i + 1],
+                   'root_name', ARGV[i + 5], 'service', ARGV[i + 6])
+      end
+    end
+  else
+    redis.call('HINCRBY', KEYS[2], 'dropped_spans', 1)
+  end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+return n
+"""
+
+_KINDS = {0: "INTERNAL", 1: "SERVER", 2: "CLIENT", 3: "PRODUCER", 4: "CONSUMER"}
+
+
+@dataclass(frozen=True)
+class StoreLimits:
+    max_traces: int = 1000
+    max_age_s: int = 24 * 3600
+    max_spans_per_trace: int = 5000
+    max_events_per_trace: int = 500
+
+
+def _ms(ns: int | None) -> float:
+    return round((ns or 0) / 1e6, 3)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return str(value)
+
+
+def _attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {str(k): _jsonable(v) for k, v in (attributes or {}).items()}
+
+
+def span_record(span: ReadableSpan) -> dict[str, Any]:
+    """A finished span as the store keeps it (and `GET /v1/traces/<id>` returns it)."""
+    context = span.get_span_context()
+    assert context is not None
+    parent = span.parent
+    event_id = (span.attributes or {}).get("sentry.event_id")
+    return {
+        "trace_id": ids.trace_id_hex(context.trace_id),
+        "span_id": ids.span_id_hex(context.span_id),
+        "parent_span_id": ids.span_id_hex(parent.span_id) if parent else "",
+        "parent_is_remote": bool(parent and parent.is_remote),
+        "name": span.name,
+        "kind": _KINDS.get(span.kind.value, "INTERNAL"),
+        "service": str(span.resource.attributes.get("service.name", "")),
+        "start_ms": _ms(span.start_time),
+        "end_ms": _ms(span.end_time),
+        "duration_ms": round(_ms(span.end_time) - _ms(span.start_time), 3),
+        "status": span.status.status_code.name,
+        "status_message": span.status.description or "",
+        "attributes": _attributes(span.attributes),
+        "events": [
+            {"name": e.name, "time_ms": _ms(e.timestamp), "attributes": _attributes(e.attributes)}
+            for e in span.events
+        ],
+        "links": [
+            {
+                "trace_id": ids.trace_id_hex(link.context.trace_id),
+                "span_id": ids.span_id_hex(link.context.span_id),
+            }
+            for link in span.links
+        ],
+        "sentry_event_ids": [str(event_id)] if event_id else [],
+    }
+
+
+class TraceStore:
+    """Reads and writes the local trace store in Redis."""
+
+    def __init__(self, connection: redis.Redis, limits: StoreLimits | None = None) -> None:
+        self.redis = connection
+        self.limits = limits or StoreLimits()
+        self._add_spans = connection.register_script(_ADD_SPANS)
+
+    @staticmethod
+    def _key(trace_id: str, part: str) -> str:
+        return f"{_PREFIX}:t:{trace_id}:{part}"
+
+    # -- writing ------------------------------------------------------------------
+
+    def add_spans(self, records: Sequence[Mapping[str, Any]]) -> None:
+        by_trace: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+        for record in records:
+            by_trace[str(record["trace_id"])].append(record)
+        now = str(int(time.time() * 1000))
+        with self.redis.pipeline(transaction=False) as pipe:
+            for trace_id, spans in by_trace.items():
+                args: list[Any] = [
+                    trace_id,
+                    now,
+                    self.limits.max_age_s,
+                    self.limits.max_spans_per_trace,
+                ]
+                for record in spans:
+                    is_root = not record.get("parent_span_id") or record.get("parent_is_remote")
+                    args += [
+                        json.dumps(record, separators=(",", ":")),
+                        record["start_ms"],
+                        record["end_ms"],
+                        "1" if record.get("status") == "ERROR" else "0",
+                        "1" if is_root else "0",
+                        record.get("name", ""),
+                        record.get("service", ""),
+                    ]
+                keys = [
+                    self._key(trace_id, "spans"),
+                    self._key(trace_id, "summary"),
+                    f"{_PREFIX}:index",
+                ]
+                self._add_spans(keys=keys, args=args, client=pipe)
+            pipe.execute()
+        self._trim()
+
+    def add_event(self, summary: Mapping[str, Any]) -> None:
+        trace_id = str(summary["trace_id"])
+        events = self._key(trace_id, "events")
+        summary_key = self._key(trace_id, "summary")
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(events, json.dumps(summary, separators=(",", ":")))
+            pipe.ltrim(events, -self.limits.max_events_per_trace, -1)
+            pipe.hincrby(summary_key, "event_count", 1)
+            pipe.expire(events, self.limits.max_age_s)
+            pipe.expire(summary_key, self.limits.max_age_s)
+            pipe.zadd(f"{_PREFIX}:index", {trace_id: int(time.time() * 1000)})
+            pipe.execute()
+        self._trim()
+
+    def _trim(self) -> None:
+        index = f"{_PREFIX}:index"
+        oldest_kept = int((time.time() - self.limits.max_age_s) * 1000)
+        stale = list(self.redis.zrangebyscore(index, "-inf", oldest_kept))
+        excess = self.redis.zcard(index) - len(stale) - self.limits.max_traces
+        if excess > 0:
+            stale += self.redis.zrange(index, len(stale), len(stale) + excess - 1)
+        if not stale:
+            return
+        with self.redis.pipeline(transaction=False) as pipe:
+            for raw in stale:
+                trace_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+                pipe.zrem(index, trace_id)
+                for part in ("spans", "events", "summary"):
+                    pipe.delete(self._key(trace_id, part))
+            pipe.execute()
+
+    # -- reading ------------------------------------------------------------------
+
+    def recent(self, limit: int = 50) -> list[dict[str, Any]]:
+        ids_ = [
+            raw.decode() if isinstance(raw, bytes) else str(raw)
+            for raw in self.redis.zrevrange(f"{_PREFIX}:index", 0, max(0, limit - 1))
+        ]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for trace_id in ids_:
+                pipe.hgetall(self._key(trace_id, "summary"))
+            summaries = pipe.execute()
+        traces = []
+        for trace_id, raw in zip(ids_, summaries, strict=True):
+            fields = {k.decode(): v.decode() for k, v in raw.items()}
+            if not fields:
+                continue
+            start = float(fields.get("start_ms", 0) or 0)
+            end = float(fields.get("end_ms", start) or start)
+            traces.append(
+                {
+                    "trace_id": trace_id,
+                    "trace_id_uuid": ids.hex_to_uuid(trace_id),
+                    "root_name": fields.get("root_name", ""),
+                    "service": fields.get("service", ""),
+                    "start_ms": start,
+                    "duration_ms": round(end - start, 3),
+                    "span_count": int(fields.get("span_count", 0)),
+                    "error_count": int(fields.get("error_count", 0)),
+                    "event_count": int(fields.get("event_count", 0)),
+                }
+            )
+        return traces
+
+    def trace(self, trace_id: str) -> dict[str, Any] | None:
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.lrange(self._key(trace_id, "spans"), 0, -1)
+            pipe.lrange(self._key(trace_id, "events"), 0, -1)
+            raw_spans, raw_events = pipe.execute()
+        if not raw_spans and not raw_events:
+            return None
+        spans = [json.loads(raw) for raw in raw_spans]
+        events = [json.loads(raw) for raw in raw_events]
+        by_span: dict[str, list[str]] = defaultdict(list)
+        for event in events:
+            by_span[event.get("span_id", "")].append(event["event_id"])
+        for span in spans:
+            known = set(span.get("sentry_event_ids", []))
+            span["sentry_event_ids"] = sorted(known | set(by_span.get(span["span_id"], [])))
+        spans.sort(key=lambda s: s["start_ms"])
+        return {
+            "trace_id": trace_id,
+            "trace_id_uuid": ids.hex_to_uuid(trace_id),
+            "spans": spans,
+            "sentry_events": events,
+        }
+
+
+class StoreExporter(SpanExporter):
+    """Exports finished spans into the local trace store (behind a batch processor)."""
+
+    def __init__(self, store: TraceStore) -> None:
+        self.store = store
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            self.store.add_spans([span_record(span) for span in spans])
+        except (redis.RedisError, OSError):
+            logger.warning(
+                "tracegate: the local trace store is unreachable; %d spans lost", len(spans)
+            )
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def event_summary(event: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What the store keeps of a Sentry error or message event; None for other items."""
+    if event.get("type") not in (None, "error", "default"):
+        return None
+    trace_context = (event.get("contexts") or {}).get("trace") or {}
+    trace_id = trace_context.get("trace_id")
+    if not trace_id:
+        return None
+    title = ""
+    values = (event.get("exception") or {}).get("values") or []
+    if values:
+        last = values[-1]
+        title = f"{last.get('type', 'Error')}: {last.get('value', '')}".strip(": ")
+    else:
+        message = (
+            event.get("message")
+            or (event.get("logentry") or {}).get("formatted")
+            or (event.get("logentry") or {}).get("message")
+        )
+        title = str(message or "")
+    timestamp = event.get("timestamp")
+    if isinstance(timestamp, (int, float)):
+        timestamp_ms = float(timestamp) * 1000
+    else:
+        timestamp_ms = time.time() * 1000
+    return {
+        "event_id": str(event.get("event_id", "")),
+        "trace_id": str(trace_id),
+        "span_id": str(trace_context.get("span_id", "")),
+        "level": str(event.get("level", "error")),
+        "title": title[:300],
+        "timestamp_ms": round(timestamp_ms, 3),
+    }
