@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/tracegate serve
+	$(BIN)/tracegate up
 
 lint: $(STAMP)
 	$(BIN)/ruff check otel gateway tests bench

@@ -5,6 +5,7 @@ from __future__ import annotations
 import flask
 
 import otel
+from gateway import web
 from gateway.api import demo, health, jobs, traces
 from gateway.errors import register_errors
 from gateway.settings import Settings
@@ -32,6 +33,7 @@ def create_app(settings: Settings | None = None) -> flask.Flask:
     app.register_blueprint(health.blueprint)
     app.register_blueprint(jobs.blueprint)
     app.register_blueprint(traces.blueprint)
+    app.register_blueprint(web.blueprint)
     if settings.demo_routes:
         app.register_blueprint(demo.blueprint)
     return app

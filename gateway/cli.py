@@ -1,5 +1,6 @@
 """The `tracegate` command line.
 
+    tracegate up [--host H] [--port P]
     tracegate serve [--host H] [--port P] [--workers N] [--threads N]
     tracegate worker [--burst] [--queue NAME ...] [--worker-class fork|simple|spawn|PATH]
 
@@ -10,6 +11,7 @@ A bad setting prints every problem and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -48,6 +50,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--threads", type=int, help="threads per worker (TRACEGATE_THREADS, default 4)"
     )
+    up = commands.add_parser(
+        "up",
+        help="run the gateway, a worker and (without REDIS_URL) an embedded Redis",
+        description="Run everything tracegate needs on this machine, with defaults that "
+        "work with nothing configured. Ctrl-C stops it all.",
+    )
+    up.add_argument("--host", help="address to bind (TRACEGATE_HOST, default 127.0.0.1)")
+    up.add_argument("--port", type=int, help="port to bind (TRACEGATE_PORT, default 8080)")
     worker = commands.add_parser(
         "worker",
         help="run an RQ worker with the traced classes",
@@ -89,6 +99,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"tracegate: {ConfigError(problems)}", file=sys.stderr)
             return 2
         return serve(settings)
+    if args.command == "up":
+        from gateway.up import run_up
+
+        overrides = {n: getattr(args, n) for n in ("host", "port") if getattr(args, n) is not None}
+        settings = replace(settings, **overrides)
+        environ = dict(os.environ)
+        environ.update({f"TRACEGATE_{k.upper()}": str(v) for k, v in overrides.items()})
+        return run_up(settings, environ)
     if args.command == "worker":
         from gateway.worker import load_worker_class, run_worker
 
@@ -115,6 +133,9 @@ def serve(settings: Settings) -> int:
                 "worker_exit": _worker_exit,
                 "graceful_timeout": 10,
             }
+            # gunicorn >= 27 opens a control socket under ~/.gunicorn by default.
+            if "control_socket_disable" in self.cfg.settings:
+                options["control_socket_disable"] = True
             for key, value in options.items():
                 self.cfg.set(key, value)
 

@@ -44,6 +44,7 @@ class Settings:
     queues: tuple[str, ...] = ("default",)
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     store: bool = True
+    data_dir: str = ".tracegate"
     store_limits: StoreLimits = field(default_factory=StoreLimits)
 
     @property
@@ -87,6 +88,7 @@ class Settings:
             queues=reader.words("TRACEGATE_QUEUES") or ("default",),
             api_keys=reader.words("TRACEGATE_API_KEYS"),
             store=reader.flag("TRACEGATE_STORE", True),
+            data_dir=env.get("TRACEGATE_DATA_DIR", "").strip() or ".tracegate",
             store_limits=StoreLimits(
                 max_traces=int(reader.number("TRACEGATE_STORE_MAX_TRACES", 1000)),
                 max_age_s=int(reader.number("TRACEGATE_STORE_MAX_AGE_S", 24 * 3600)),
