@@ -64,8 +64,9 @@ class EmbeddedRedis:
                 str(self.data_dir),
                 "--dbfilename",
                 "tracegate.rdb",
-                "--save",
-                "60 1",
+                "--save",  # "save 60 1": snapshot within a minute, and on shutdown
+                "60",
+                "1",
                 "--appendonly",
                 "no",
                 "--daemonize",
