@@ -8,6 +8,7 @@ import otel
 from gateway import web
 from gateway.api import demo, health, jobs, traces
 from gateway.errors import register_errors
+from gateway.logconfig import log_requests
 from gateway.settings import Settings
 from gateway.telemetry import connect, start_telemetry
 
@@ -25,6 +26,7 @@ def create_app(settings: Settings | None = None) -> flask.Flask:
     app.extensions["tracegate.settings"] = settings
     app.extensions["tracegate.telemetry"] = telemetry
     otel.instrument_flask(app, telemetry)
+    log_requests(app)
     register_errors(app)
     app.extensions["tracegate.tasks"] = settings.registry()
     app.extensions["tracegate.redis"] = connection

@@ -18,6 +18,7 @@ from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from gateway.logconfig import configure_logging
 from gateway.settings import ConfigError, Settings
 
 __all__ = ["main"]
@@ -98,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if problems:
             print(f"tracegate: {ConfigError(problems)}", file=sys.stderr)
             return 2
+        configure_logging(settings.log_format)
         return serve(settings)
     if args.command == "up":
         from gateway.up import run_up
@@ -115,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as error:
             print(f"tracegate: {error}", file=sys.stderr)
             return 2
+        configure_logging(settings.log_format)
         return run_worker(settings, args.queue or ["default"], args.worker_class, args.burst)
     return 2  # argparse rejects unknown commands before this
 

@@ -45,6 +45,7 @@ class Settings:
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     store: bool = True
     data_dir: str = ".tracegate"
+    log_format: str = "text"
     store_limits: StoreLimits = field(default_factory=StoreLimits)
 
     @property
@@ -89,6 +90,7 @@ class Settings:
             api_keys=reader.words("TRACEGATE_API_KEYS"),
             store=reader.flag("TRACEGATE_STORE", True),
             data_dir=env.get("TRACEGATE_DATA_DIR", "").strip() or ".tracegate",
+            log_format=reader.choice("TRACEGATE_LOG_FORMAT", ("text", "json"), "text"),
             store_limits=StoreLimits(
                 max_traces=int(reader.number("TRACEGATE_STORE_MAX_TRACES", 1000)),
                 max_age_s=int(reader.number("TRACEGATE_STORE_MAX_AGE_S", 24 * 3600)),

@@ -9,7 +9,6 @@ after the worker stops.
 from __future__ import annotations
 
 import importlib
-import logging
 from collections.abc import Sequence
 
 from rq.worker import BaseWorker
@@ -47,7 +46,6 @@ def run_worker(
 ) -> int:
     connection = connect(settings)
     telemetry, _ = start_telemetry(settings, connection)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     worker = load_worker_class(worker_class)(
         [TracedQueue(name, connection=connection) for name in queues],
         connection=connection,

@@ -68,6 +68,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+jobs_log = logging.getLogger("tracegate.jobs")
 
 CARRIER_KEY = "otel"
 # A field of our own in the job's Redis hash: rq's `save()` writes its fields with
@@ -306,6 +307,7 @@ class _TracedWorkerMixin:
 
     def perform_job(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> Any:
         telemetry = self._telemetry
+        began = time.perf_counter()
         in_horse = bool(getattr(self, "is_horse", False))
         handing_off = in_horse and telemetry.handoff is not None
         if in_horse:
@@ -319,6 +321,7 @@ class _TracedWorkerMixin:
             with trace.use_span(span, record_exception=False, set_status_on_exception=False):
                 result = super().perform_job(job, queue, *args, **kwargs)  # type: ignore[misc]
                 self._after_job(job)
+                _log_job(job, span, began)
             return result
         finally:
             self._span = None
@@ -477,6 +480,32 @@ class _TracedWorkerMixin:
                 self._span = None
                 span.end()
                 unpin(token)
+
+
+def _log_job(job: Job, span: trace.Span, began: float) -> None:
+    """One line per job, written while its consumer span is current (so it has its ids)."""
+    attributes = getattr(span, "attributes", None) or {}
+    try:
+        raw = job.get_status(refresh=False)
+        status = str(getattr(raw, "value", raw))
+    except Exception:
+        status = "unknown"
+    duration_ms = round((time.perf_counter() - began) * 1000, 2)
+    jobs_log.info(
+        "job %s %s %s %sms",
+        job.id,
+        _function(job),
+        status,
+        duration_ms,
+        extra={
+            "job_id": job.id,
+            "queue": job.origin,
+            "function": _function(job),
+            "job_status": status,
+            "attempt": attributes.get("messaging.rq.job.attempt"),
+            "duration_ms": duration_ms,
+        },
+    )
 
 
 def _error_type(error: BaseException) -> str:

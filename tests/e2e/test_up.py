@@ -114,6 +114,11 @@ def test_up_runs_everything_and_stops_cleanly(tmp_path: Path, free_port: int) ->
         output.append(rest)
     assert process.returncode == 0, "".join(output)
     assert "stopped." in rest
+    # One log line per request and per job, each with the trace it belongs to.
+    lines = rest.splitlines()
+    traced = [line for line in lines if f"trace={TRACE}" in line]
+    assert any("tracegate.access POST /v1/jobs 202" in line for line in traced)
+    assert any("tracegate.jobs job " in line for line in traced)
     time.sleep(0.5)
     assert not [pid for pid in children if _alive(pid)], "processes left behind"
     assert (tmp_path / ".tracegate" / "tracegate.rdb").exists()  # redis saved on the way out

@@ -3,6 +3,7 @@ the exported OTLP span — asserted on what the real peers received."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import flask
@@ -268,3 +269,24 @@ def test_error_envelope_for_unknown_routes_and_methods(make_gateway: GatewayFact
     assert wrong.json["error"]["code"] == "method_not_allowed"
     assert "GET" in wrong.headers["Allow"]
     assert set(wrong.json["error"]) == {"code", "message", "trace_id"}
+
+
+def test_breadcrumbs_of_a_users_logger_keep_the_trace_ids(
+    make_gateway: GatewayFactory, envelope_receiver: EnvelopeReceiver
+) -> None:
+    gateway = make_gateway()
+    audit = logging.getLogger("shop.audit")
+
+    @gateway.app.get("/checkout")
+    def checkout() -> flask.Response:
+        audit.warning("card declined")
+        sentry_sdk.capture_message("checkout failed")
+        return flask.jsonify({})
+
+    gateway.client.get("/checkout", headers={"traceparent": f"00-{TRACE}-{PARENT}-01"})
+    gateway.flush()
+    event = envelope_receiver.wait_for(_is_message("checkout failed"), item_type="event")
+    (crumb,) = [c for c in event["breadcrumbs"]["values"] if c.get("message") == "card declined"]
+    assert crumb["data"]["trace_id"] == TRACE
+    assert crumb["data"]["trace_id_uuid"] == TRACE_UUID
+    assert crumb["data"]["span_id"] == event["contexts"]["trace"]["span_id"]

@@ -1,0 +1,59 @@
+"""Logging for the gateway's processes: one line per request and per job, with trace ids.
+
+`TRACEGATE_LOG_FORMAT=text` (default) writes readable lines ending in
+`trace=… span=…`; `json` writes one JSON object per line with `trace_id`,
+`trace_id_uuid` and `span_id`. Every record of the process carries them
+(`otel.logs.install`), so a user's own loggers and Sentry's breadcrumbs do too.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import flask
+
+from otel.logs import JsonFormatter, TextFormatter, install
+
+__all__ = ["configure_logging", "log_requests"]
+
+access = logging.getLogger("tracegate.access")
+
+
+def configure_logging(log_format: str) -> None:
+    install()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
+def log_requests(app: flask.Flask) -> None:
+    """One access line per request, written while the request's span is current."""
+    install()
+
+    @app.before_request
+    def started() -> None:
+        flask.g.tracegate_started = time.perf_counter()
+
+    @app.after_request
+    def finished(response: flask.Response) -> flask.Response:
+        began = flask.g.get("tracegate_started")
+        duration_ms = round((time.perf_counter() - began) * 1000, 2) if began else None
+        request = flask.request
+        access.info(
+            "%s %s %s %sms",
+            request.method,
+            request.path,
+            response.status_code,
+            duration_ms,
+            extra={
+                "http_method": request.method,
+                "http_path": request.path,
+                "http_status": response.status_code,
+                "duration_ms": duration_ms,
+            },
+        )
+        return response
