@@ -70,36 +70,52 @@ class Pin:
     sampled: bool
 
 
-_pinned: contextvars.ContextVar[Pin | None] = contextvars.ContextVar(
-    "tracegate_pinned", default=None
-)
+class _Unit:
+    """The unit of work (request, job) running in this context, and what it pinned."""
+
+    __slots__ = ("pinned",)
+
+    def __init__(self) -> None:
+        self.pinned: Pin | None = None
 
 
-def pin(span_context: SpanContext, parent_span_id: int | None) -> contextvars.Token[Pin | None]:
-    """Pin a segment's trace context; integrations call `unpin` when their unit ends."""
-    return _pinned.set(
-        Pin(
+# Outside a unit nothing is pinned: a pin that outlived its request would link later,
+# unrelated errors of the thread to an old trace.
+_unit: contextvars.ContextVar[_Unit | None] = contextvars.ContextVar("tracegate_unit", default=None)
+
+UnitToken = contextvars.Token["_Unit | None"]
+
+
+def open_unit() -> UnitToken:
+    """Start a unit of work (request, job); end it with `unpin(token)`."""
+    return _unit.set(_Unit())
+
+
+def pin(span_context: SpanContext, parent_span_id: int | None) -> None:
+    """Pin a segment's trace context for the rest of the current unit, if there is one."""
+    unit = _unit.get()
+    if unit is not None:
+        unit.pinned = Pin(
             span_context.trace_id,
             span_context.span_id,
             parent_span_id,
             span_context.trace_flags.sampled,
         )
-    )
 
 
-def open_unit() -> contextvars.Token[Pin | None]:
-    """Start a unit of work (request, job) with nothing pinned; end it with `unpin`."""
-    return _pinned.set(None)
+def unpin(token: UnitToken | None) -> None:
+    """End the unit that `open_unit` started."""
+    if token is None:
+        return
+    try:
+        _unit.reset(token)
+    except ValueError:  # reset from another context: end whatever unit is current
+        _unit.set(None)
 
 
-def unpin(token: contextvars.Token[Pin | None] | None = None) -> None:
-    if token is not None:
-        try:
-            _pinned.reset(token)
-            return
-        except ValueError:  # set in another context: fall back to clearing
-            pass
-    _pinned.set(None)
+def _pinned() -> Pin | None:
+    unit = _unit.get()
+    return unit.pinned if unit is not None else None
 
 
 def current_pin() -> Pin | None:
@@ -111,13 +127,13 @@ def current_pin() -> Pin | None:
         if isinstance(span, ReadableSpan) and span.parent is not None:
             parent = span.parent.span_id
         else:
-            pinned = _pinned.get()
+            pinned = _pinned()
             if pinned is not None and pinned.span_id == span_context.span_id:
                 parent = pinned.parent_span_id
         return Pin(
             span_context.trace_id, span_context.span_id, parent, span_context.trace_flags.sampled
         )
-    return _pinned.get()
+    return _pinned()
 
 
 @dataclass
