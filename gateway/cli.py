@@ -2,6 +2,7 @@
 
     tracegate up [--host H] [--port P]
     tracegate serve [--host H] [--port P] [--workers N] [--threads N]
+    tracegate doctor [--url URL] [--json] [--timeout S]
     tracegate worker [--burst] [--queue NAME ...] [--worker-class fork|simple|spawn|PATH]
 
 Settings come from the environment (see config/example.env); flags override them.
@@ -59,6 +60,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--host", help="address to bind (TRACEGATE_HOST, default 127.0.0.1)")
     up.add_argument("--port", type=int, help="port to bind (TRACEGATE_PORT, default 8080)")
+    doctor = commands.add_parser(
+        "doctor",
+        help="check the configuration, then prove one trace end to end",
+        description="Check the configuration this environment gives tracegate, then "
+        "send a probe request, job and error to a running gateway and show whether the "
+        "server span, the job's spans, the Sentry events and the OTLP export all carry "
+        "the probe's trace id. Exit status 1 when the trace is broken.",
+    )
+    doctor.add_argument(
+        "--url", default=None, help="the gateway to probe (default http://HOST:PORT from settings)"
+    )
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor.add_argument(
+        "--timeout",
+        type=float,
+        default=15.0,
+        metavar="S",
+        help="how long to wait for each part of the probe trace (default 15)",
+    )
     worker = commands.add_parser(
         "worker",
         help="run an RQ worker with the traced classes",
@@ -101,6 +121,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         configure_logging(settings.log_format)
         return serve(settings)
+    if args.command == "doctor":
+        from gateway.doctor import run_doctor
+
+        url = (args.url or f"http://{settings.host}:{settings.port}").rstrip("/")
+        return run_doctor(settings, url, args.json, args.timeout)
     if args.command == "up":
         from gateway.up import run_up
 

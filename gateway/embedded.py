@@ -16,7 +16,15 @@ from pathlib import Path
 
 import redis
 
-__all__ = ["EmbeddedRedis", "redis_server_binary"]
+__all__ = ["EmbeddedRedis", "embedded_url", "redis_server_binary"]
+
+
+def embedded_url(data_dir: Path) -> str | None:
+    """The URL of the embedded Redis `tracegate up` runs for this data folder, if any."""
+    try:
+        return (data_dir / "redis.url").read_text().strip() or None
+    except OSError:
+        return None
 
 
 def redis_server_binary() -> str:
@@ -47,6 +55,11 @@ class EmbeddedRedis:
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def url_file(self) -> Path:
+        """Where `tracegate doctor` finds the running embedded Redis."""
+        return self.data_dir / "redis.url"
 
     def start(self, timeout_s: float = 10.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -82,6 +95,7 @@ class EmbeddedRedis:
         while True:
             try:
                 if client.ping():
+                    self.url_file.write_text(self.url + "\n")
                     return
             except redis.RedisError:
                 pass
@@ -93,6 +107,7 @@ class EmbeddedRedis:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         process, self.process = self.process, None
+        self.url_file.unlink(missing_ok=True)
         if process is None or process.poll() is not None:
             return
         process.terminate()  # redis saves its data on SIGTERM

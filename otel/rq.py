@@ -58,6 +58,7 @@ except ImportError:  # pragma: no cover - older rq
 
 __all__ = [
     "CARRIER_KEY",
+    "TRACED_FIELD",
     "TracedJob",
     "TracedQueue",
     "TracedSimpleWorker",
@@ -75,6 +76,7 @@ CARRIER_KEY = "otel"
 # HSET and leaves this one alone, so it counts attempts across retries and requeues.
 _ATTEMPT_FIELD = "tracegate_attempt"
 _PRODUCER_KEY = "tracegate.rq.producer"
+TRACED_FIELD = "tracegate"
 _SCHEDULED = "scheduled"
 _SYSTEM = "rq"
 
@@ -258,6 +260,17 @@ class _TracedWorkerMixin:
         from sentry_sdk.integrations.logging import ignore_logger
 
         ignore_logger("rq.worker")
+
+    def register_birth(self, *args: Any, **kwargs: Any) -> Any:
+        result = super().register_birth(*args, **kwargs)  # type: ignore[misc]
+        # A field of ours in the worker's hash lets `tracegate doctor` tell traced
+        # workers from plain ones.
+        try:
+            cls = type(self)
+            self.connection.hset(self.key, TRACED_FIELD, f"{cls.__module__}.{cls.__qualname__}")  # type: ignore[attr-defined]
+        except Exception:
+            logger.exception("tracegate: could not mark worker %s as traced", self.name)
+        return result
 
     # Parent side (the worker process): count attempts before the job runs anywhere,
     # and take over the spans the work horse handed over when it is done.

@@ -43,8 +43,8 @@ def sentry_transport(sink: EventSink, dsn: str) -> type[Transport] | Transport:
                     payload = item.payload.json
                     if isinstance(payload, dict):
                         sink(payload)
-                except Exception:  # the sink never costs the event its delivery
-                    logger.exception("tracegate: the Sentry event sink failed")
+                except Exception as error:  # the sink never costs the event its delivery
+                    logger.warning("tracegate: the Sentry event sink failed: %s", error)
             if self._http is not None:
                 self._http.capture_envelope(envelope)
 

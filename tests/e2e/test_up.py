@@ -106,6 +106,24 @@ def test_up_runs_everything_and_stops_cleanly(tmp_path: Path, free_port: int) ->
             "kwargs": {},
         }
         assert (tmp_path / ".tracegate").is_dir()
+        doctor = subprocess.run(
+            [TRACEGATE, "doctor", "--url", base, "--json"],
+            cwd=tmp_path,
+            env={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        report = json.loads(doctor.stdout)
+        assert doctor.returncode == 0 and report["ok"], doctor.stdout + doctor.stderr
+        assert {row["name"]: row["status"] for row in report["probe"]} == {
+            "Trace id at the edge": "ok",
+            "Server span": "ok",
+            "Job spans": "ok",
+            "Sentry events": "ok",
+            "OTLP export": "warn",  # no collector in an empty environment
+            "Overhead": "ok",
+        }
         children = _descendants(process.pid)
         assert len(children) >= 3  # redis, gateway, worker (and their own children)
     finally:
