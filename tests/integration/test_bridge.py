@@ -4,6 +4,7 @@ the exported OTLP span — asserted on what the real peers received."""
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import flask
@@ -290,3 +291,19 @@ def test_breadcrumbs_of_a_users_logger_keep_the_trace_ids(
     assert crumb["data"]["trace_id"] == TRACE
     assert crumb["data"]["trace_id_uuid"] == TRACE_UUID
     assert crumb["data"]["span_id"] == event["contexts"]["trace"]["span_id"]
+
+
+def test_sdk_disabled_still_reports_errors_and_exports_nothing(
+    make_gateway: GatewayFactory, envelope_receiver: EnvelopeReceiver, otlp_receiver: OTLPReceiver
+) -> None:
+    gateway = make_gateway(OTEL_SDK_DISABLED="true")
+    assert gateway.telemetry.provider is None
+    response = gateway.client.get(
+        "/example/error", headers={"traceparent": f"00-{TRACE}-{PARENT}-01"}
+    )
+    gateway.flush()
+    assert response.status_code == 500 and response.json is not None
+    error = envelope_receiver.wait_for(lambda e: "exception" in e, item_type="event")
+    assert error["exception"]["values"][-1]["type"] == "ExampleError"
+    time.sleep(0.3)
+    assert otlp_receiver.spans == []
