@@ -1,10 +1,12 @@
 """Logs that connect: every log record carries the trace it was written in.
 
 `TraceContextFilter` adds `trace_id` (hex), `trace_id_uuid` and `span_id` to the
-records it sees — put it on your handlers or loggers; `install()` does it for every
-record of the process (a log record factory), so sentry-sdk's breadcrumbs, which copy
-a record's extra fields, keep them too. `JsonFormatter` writes one JSON object per
-line; `TextFormatter` a readable line ending in `trace=… span=…`.
+records it sees — put it on your handlers or loggers. `install()` gives every record
+of the process `otel_trace_id`, `otel_trace_id_uuid` and `otel_span_id` (a log record
+factory; prefixed so that a user's own `extra={"trace_id": ...}` keeps working), so
+sentry-sdk's breadcrumbs, which copy a record's extra fields, keep them too.
+`JsonFormatter` writes one JSON object per line; `TextFormatter` a readable line
+ending in `trace=… span=…`.
 """
 
 from __future__ import annotations
@@ -20,26 +22,38 @@ from otel.sentry import current_pin
 __all__ = ["JsonFormatter", "TextFormatter", "TraceContextFilter", "install"]
 
 _FIELDS = ("trace_id", "trace_id_uuid", "span_id")
+# The record factory's names: a user's own `extra={"trace_id": ...}` must still work
+# (logging refuses extras that overwrite a record attribute).
+_FACTORY_FIELDS = tuple(f"otel_{name}" for name in _FIELDS)
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
-def _annotate(record: logging.LogRecord) -> None:
-    if getattr(record, "trace_id", None) is not None:
-        return
+def _current() -> tuple[str, str, str]:
     current = current_pin()
     if current is None:
-        record.trace_id = record.trace_id_uuid = record.span_id = ""
-        return
-    record.trace_id = ids.trace_id_hex(current.trace_id)
-    record.trace_id_uuid = ids.trace_id_uuid(current.trace_id)
-    record.span_id = ids.span_id_hex(current.span_id)
+        return "", "", ""
+    return (
+        ids.trace_id_hex(current.trace_id),
+        ids.trace_id_uuid(current.trace_id),
+        ids.span_id_hex(current.span_id),
+    )
+
+
+def _ids(record: logging.LogRecord) -> tuple[str, str, str]:
+    """The record's trace ids: the filter's, the factory's, else the current ones."""
+    for names in (_FIELDS, _FACTORY_FIELDS):
+        if getattr(record, names[0], None) is not None:
+            return tuple(str(getattr(record, n, "")) for n in names)  # type: ignore[return-value]
+    return _current()
 
 
 class TraceContextFilter(logging.Filter):
     """Adds `trace_id`, `trace_id_uuid` and `span_id` ('' outside a trace) to records."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        _annotate(record)
+        if getattr(record, "trace_id", None) is None:
+            for name, value in zip(_FIELDS, _ids(record), strict=True):
+                setattr(record, name, value)
         return True
 
 
@@ -47,7 +61,8 @@ _installed = False
 
 
 def install() -> None:
-    """Annotate every log record of this process (idempotent)."""
+    """Give every log record of this process `otel_trace_id`, `otel_trace_id_uuid` and
+    `otel_span_id` (idempotent); the formatters here print them as `trace_id`…"""
     global _installed
     if _installed:
         return
@@ -55,7 +70,8 @@ def install() -> None:
 
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = previous(*args, **kwargs)
-        _annotate(record)
+        for name, value in zip(_FACTORY_FIELDS, _current(), strict=True):
+            setattr(record, name, value)
         return record
 
     logging.setLogRecordFactory(factory)
@@ -66,7 +82,7 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, trace ids, extras."""
 
     def format(self, record: logging.LogRecord) -> str:
-        _annotate(record)
+        trace_ids = _ids(record)
         entry: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
@@ -74,10 +90,11 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key in _FIELDS:
-            entry[key] = getattr(record, key, "")
+        entry.update(zip(_FIELDS, trace_ids, strict=True))
         for key, value in record.__dict__.items():
-            if key not in _STANDARD and key not in entry and not key.startswith("_"):
+            if key in _STANDARD or key in entry or key in _FACTORY_FIELDS:
+                continue
+            if not key.startswith("_"):
                 entry[key] = value if isinstance(value, (str, int, float, bool)) else str(value)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
@@ -91,8 +108,6 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        _annotate(record)
+        trace_id, _, span_id = _ids(record)
         line = super().format(record)
-        trace_id = getattr(record, "trace_id", "")
-        span_id = getattr(record, "span_id", "")
         return f"{line} trace={trace_id} span={span_id}" if trace_id else line

@@ -65,6 +65,7 @@ __all__ = [
     "TracedSpawnWorker",
     "TracedWorker",
     "attempts",
+    "carrier",
     "carrier_trace_id",
 ]
 
@@ -120,10 +121,18 @@ def _base_attributes(job: Job, queue_name: str, operation: str) -> dict[str, Any
     return attributes
 
 
+def carrier(job: Job) -> dict[str, str]:
+    """The job's stored carrier; {} when it is missing or not what tracegate wrote."""
+    meta = job.meta if isinstance(job.meta, dict) else {}
+    value = meta.get(CARRIER_KEY)
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
+
+
 def carrier_trace_id(job: Job) -> int | None:
     """The trace id a job's carrier continues, or None."""
-    carrier = (job.meta or {}).get(CARRIER_KEY) or {}
-    parent = ids.parse_traceparent(carrier.get("traceparent"))
+    parent = ids.parse_traceparent(carrier(job).get("traceparent"))
     return parent.trace_id if parent is not None else None
 
 
@@ -180,11 +189,10 @@ class TracedJob(Job):
 
 def _write_carrier(job: Job) -> None:
     # rq keeps the caller's meta dict: copy it so a reused dict never shares a carrier.
+    # A new job gets the carrier of the context it is created in: whatever a caller put
+    # under the key (a copied meta, an injected value) is replaced, once, here.
     meta = dict(job.meta or {})
-    if CARRIER_KEY in meta:
-        job.meta = meta
-        return
-    carrier: dict[str, str] = {}
+    written: dict[str, str] = {}
     producer = otel_context.get_value(_PRODUCER_KEY)
     if isinstance(producer, trace.Span):
         if (
@@ -196,14 +204,14 @@ def _write_carrier(job: Job) -> None:
         ):
             producer.set_attribute("messaging.message.id", job.id)
             producer.set_attribute("messaging.rq.job.function", _function(job))
-        _propagator().inject(carrier)
+        _propagator().inject(written)
     else:
         # Created outside a TracedQueue (Job.create, a plain Queue with job_class=TracedJob).
         with _producing(job.origin or "default"):
-            _propagator().inject(carrier)
+            _propagator().inject(written)
     if otel_context.get_value(_SCHEDULED):
-        carrier[_SCHEDULED] = "1"
-    meta[CARRIER_KEY] = carrier
+        written[_SCHEDULED] = "1"
+    meta[CARRIER_KEY] = written
     job.meta = meta
 
 
@@ -255,6 +263,7 @@ class _TracedWorkerMixin:
         super().__init__(*args, **kwargs)
         self._telemetry = setup()
         self._span: trace.Span | None = None
+        self._job_ctx = otel_context.Context()
         self._reported = False
         # rq logs every job exception at ERROR; the consumer span reports it to Sentry.
         from sentry_sdk.integrations.logging import ignore_logger
@@ -331,7 +340,7 @@ class _TracedWorkerMixin:
         span = self._start_consumer(job, queue.name)
         self._span, self._reported = span, False
         try:
-            with trace.use_span(span, record_exception=False, set_status_on_exception=False):
+            with self._activated(span):
                 result = super().perform_job(job, queue, *args, **kwargs)  # type: ignore[misc]
                 self._after_job(job)
                 _log_job(job, span, began)
@@ -349,13 +358,32 @@ class _TracedWorkerMixin:
     def _start_consumer(
         self, job: Job, queue_name: str, start_time: int | None = None
     ) -> trace.Span:
+        try:
+            return self._consumer_span(job, queue_name, start_time)
+        except Exception:  # a job whose carrier or fields are not what we wrote still runs
+            logger.exception("tracegate: could not continue the trace of job %s", job.id)
+            self._job_ctx = otel_context.Context()
+            return self._telemetry.tracer(__name__).start_span(
+                f"process {queue_name}", context=self._job_ctx, kind=SpanKind.CONSUMER
+            )
+
+    @contextmanager
+    def _activated(self, span: trace.Span) -> Iterator[None]:
+        """The span current, in the job's context: the request's baggage comes along."""
+        token = otel_context.attach(trace.set_span_in_context(span, self._job_ctx))
+        try:
+            yield
+        finally:
+            otel_context.detach(token)
+
+    def _consumer_span(self, job: Job, queue_name: str, start_time: int | None) -> trace.Span:
         config = self._telemetry.config
-        carrier = (job.meta or {}).get(CARRIER_KEY) or {}
-        parent_ctx = self._telemetry.propagator.extract(carrier)
+        stored = carrier(job)
+        parent_ctx = self._telemetry.propagator.extract(stored)
         parent = trace.get_current_span(parent_ctx).get_span_context()
         links = [Link(parent, {"messaging.rq.link": "creation"})] if parent.is_valid else []
         ctx = parent_ctx
-        if config.rq_delayed_links_only and carrier.get(_SCHEDULED):
+        if config.rq_delayed_links_only and stored.get(_SCHEDULED):
             ctx = otel_context.Context()
         attributes = _base_attributes(job, queue_name, "process")
         attributes["messaging.rq.job.attempt"] = self._attempt(job)
@@ -373,6 +401,7 @@ class _TracedWorkerMixin:
         )
         is_child = ctx is parent_ctx and parent.is_valid
         pin(span.get_span_context(), parent.span_id if is_child else None)
+        self._job_ctx = parent_ctx  # its baggage, whichever parent the span took
         return span
 
     def _attempt(self, job: Job) -> int:
@@ -486,7 +515,7 @@ class _TracedWorkerMixin:
         try:
             span.add_event("exception", {"exception.type": kind, "exception.message": message})
             _fail(span, f"rq.{kind}")
-            with trace.use_span(span):
+            with self._activated(span):
                 self._report(job, synthetic=(kind, message))
         finally:
             if outer is None:
@@ -577,7 +606,7 @@ if SpawnWorker is not None:
             span = self._start_consumer(job, queue.name)
             self._span, self._reported = span, False
             try:
-                with trace.use_span(span, record_exception=False, set_status_on_exception=False):
+                with self._activated(span):
                     result = super().execute_job(job, queue)
                     self._read_outcome(job)
                 return result

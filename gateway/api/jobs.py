@@ -60,7 +60,11 @@ def require_api_key() -> None:
 
 @blueprint.post("/v1/jobs")
 def create_job() -> tuple[flask.Response, int, dict[str, str]]:
-    body = flask.request.get_json(silent=True)
+    raw = flask.request.get_data(cache=True)  # over the size limit: 413, however sent
+    try:
+        body = flask.json.loads(raw) if raw else None
+    except ValueError:
+        body = None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "the body must be a JSON object")
     name = body.get("task")
@@ -93,8 +97,10 @@ def create_job() -> tuple[flask.Response, int, dict[str, str]]:
     }
     try:
         if delay:
+            # args=/kwargs= keep the client's arguments away from rq's own options
+            # (job_id, meta, on_success …), which enqueue_in takes as keywords too.
             job = queue.enqueue_in(
-                timedelta(seconds=delay), task.rq_path, *args, **kwargs, **options
+                timedelta(seconds=delay), task.rq_path, args=args, kwargs=kwargs, **options
             )
         else:
             job = queue.enqueue_call(task.rq_path, args=args, kwargs=kwargs, **options)

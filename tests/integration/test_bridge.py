@@ -288,9 +288,9 @@ def test_breadcrumbs_of_a_users_logger_keep_the_trace_ids(
     gateway.flush()
     event = envelope_receiver.wait_for(_is_message("checkout failed"), item_type="event")
     (crumb,) = [c for c in event["breadcrumbs"]["values"] if c.get("message") == "card declined"]
-    assert crumb["data"]["trace_id"] == TRACE
-    assert crumb["data"]["trace_id_uuid"] == TRACE_UUID
-    assert crumb["data"]["span_id"] == event["contexts"]["trace"]["span_id"]
+    assert crumb["data"]["otel_trace_id"] == TRACE
+    assert crumb["data"]["otel_trace_id_uuid"] == TRACE_UUID
+    assert crumb["data"]["otel_span_id"] == event["contexts"]["trace"]["span_id"]
 
 
 def test_sdk_disabled_still_reports_errors_and_exports_nothing(

@@ -8,7 +8,7 @@ import logging
 
 from opentelemetry.sdk.trace import TracerProvider
 
-from otel.logs import JsonFormatter, TextFormatter, TraceContextFilter
+from otel.logs import JsonFormatter, TextFormatter, TraceContextFilter, install
 
 
 def _capture(formatter: logging.Formatter) -> tuple[logging.Logger, io.StringIO]:
@@ -45,3 +45,17 @@ def test_text_lines_end_with_the_trace() -> None:
     line = stream.getvalue().strip()
     context = span.get_span_context()
     assert line.endswith(f"hello trace={context.trace_id:032x} span={context.span_id:016x}")
+
+
+def test_installed_factory_leaves_users_extra_trace_id_alone() -> None:
+    install()
+    logger, stream = _capture(JsonFormatter())
+    make = logging.getLogRecordFactory()
+    with TracerProvider().get_tracer("t").start_as_current_span("work") as span:
+        logger.info("theirs", extra={"trace_id": "their-own-id"})  # no KeyError
+        inside = make("x", logging.INFO, "", 0, "m", None, None)
+    outside = make("x", logging.INFO, "", 0, "m", None, None)
+    (line,) = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert line["trace_id"] == "their-own-id"
+    assert inside.otel_trace_id == f"{span.get_span_context().trace_id:032x}"
+    assert outside.otel_trace_id == ""
