@@ -249,6 +249,8 @@ class SentryBridge(SpanProcessor):
         try:
             if event.get("type") == "transaction":
                 return event
+            if ((event.get("contexts") or {}).get("trace") or {}).get("origin") == _ORIGIN:
+                return event  # built by the bridge from a span: its trace context is exact
             current = current_pin()
             if current is None:
                 return event
@@ -357,8 +359,14 @@ class SentryBridge(SpanProcessor):
         return child
 
     def _capture_span_error(self, span: ReadableSpan) -> None:
-        """An exception recorded on a span in error that no Sentry event reported."""
+        """An exception recorded on a span in error that no Sentry event reported.
+
+        Only for the span that starts a local segment: an exception recorded on a child
+        either reaches the root (and is reported there, once) or was handled.
+        """
         if span.status.status_code is not StatusCode.ERROR:
+            return
+        if span.parent is not None and not span.parent.is_remote:
             return
         attributes_seen = span.attributes or {}
         if _EVENT_ID_ATTRIBUTE in attributes_seen or _SKIPPED_ATTRIBUTE in attributes_seen:
@@ -387,7 +395,7 @@ class SentryBridge(SpanProcessor):
                 ]
             },
             "extra": {"otel.stacktrace": str(attributes.get("exception.stacktrace", ""))},
-            "contexts": {"trace": self._trace_context(current)},
+            "contexts": {"trace": self._trace_context(current, origin=_ORIGIN)},
             "tags": {"trace_id": self._spell(span_context.trace_id), "otel.span": span.name},
         }
         sentry_sdk.capture_event(event)  # type: ignore[arg-type]

@@ -51,7 +51,8 @@ def env(
         "OTEL_BSP_SCHEDULE_DELAY": "50",
         "TRACEGATE_DEMO_TASKS": "1",
         "TRACEGATE_TASKS": ",".join(
-            f"{name}=tests.jobs.functions:{name}" for name in ("traced_echo", "boom")
+            f"{name}=tests.jobs.functions:{name}"
+            for name in ("traced_echo", "boom", "current_baggage")
         ),
     }
 
@@ -407,3 +408,46 @@ def test_dead_collector_and_sentry_cost_at_most_the_flush_deadline(
     assert all(Job.fetch(j.id, connection=connection).get_status() == "finished" for j in jobs)
     # Without the deadline a dead collector holds each work horse for many seconds.
     assert elapsed < 50 * 0.2 + 20, f"50 jobs took {elapsed:.1f}s"
+
+
+def test_delayed_job_kwargs_stay_the_tasks_arguments(
+    gateway: Gateway, env: dict[str, str], connection: redis.Redis
+) -> None:
+    hostile = {"job_id": "chosen-id", "meta": {"otel": "junk"}, "on_success": "os.getcwd"}
+    created = post_job(gateway, {"task": "echo", "kwargs": hostile, "delay_s": 0.05})
+    assert created["job_id"] != "chosen-id"
+    job = Job.fetch(created["job_id"], connection=connection)
+    assert job.kwargs == hostile and job.success_callback is None
+    assert isinstance(job.meta[CARRIER_KEY], dict)
+    time.sleep(0.2)
+    run_worker(env)
+    status = gateway.client.get(created["status_url"]).get_json()
+    assert status["result"] == {"args": [], "kwargs": hostile}
+
+
+def test_job_sees_the_requests_baggage(gateway: Gateway, env: dict[str, str]) -> None:
+    response = gateway.client.post(
+        "/v1/jobs",
+        json={"task": "current_baggage"},
+        headers={"traceparent": TRACEPARENT, "baggage": "tenant=acme,plan=pro"},
+    )
+    created = response.get_json()
+    gateway.flush()
+    run_worker(env)
+    status = gateway.client.get(created["status_url"]).get_json()
+    assert status["result"] == {"tenant": "acme", "plan": "pro"}
+
+
+def test_a_malformed_carrier_does_not_stop_the_worker(
+    gateway: Gateway, env: dict[str, str], otlp_receiver: OTLPReceiver, connection: redis.Redis
+) -> None:
+    queue = TracedQueue("default", connection=connection)
+    broken = queue.enqueue("tests.jobs.functions.traced_echo", "x")
+    broken.meta[CARRIER_KEY] = "not a carrier"
+    broken.save_meta()
+    after = queue.enqueue("tests.jobs.functions.traced_echo", "y")
+    run_worker(env, "simple")
+    assert Job.fetch(broken.id, connection=connection).get_status() == "finished"
+    assert Job.fetch(after.id, connection=connection).get_status() == "finished"
+    (consumer,) = consumer_spans(otlp_receiver, broken.id)
+    assert consumer.parent_span_id_hex == ""  # a new trace, not a crash

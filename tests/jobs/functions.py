@@ -30,3 +30,9 @@ def die() -> None:
 
 def slow(seconds: float) -> None:
     time.sleep(seconds)
+
+
+def current_baggage() -> dict[str, str]:
+    from opentelemetry import baggage
+
+    return {k: str(v) for k, v in baggage.get_all().items() if not k.startswith("sentry-")}
