@@ -9,6 +9,7 @@ once in a `ConfigError` instead of stopping at the first.
 from __future__ import annotations
 
 import importlib.util
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -255,10 +256,14 @@ class EnvReader:
         if not raw:
             return default
         try:
-            return float(raw)
+            value = float(raw)
         except ValueError:
             self.problems.append(f"{name}: {raw!r} is not a number")
             return default
+        if not math.isfinite(value):
+            self.problems.append(f"{name}: {raw!r} is not a finite number")
+            return default
+        return value
 
     def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
         raw = self.environ.get(name, "").strip().lower()

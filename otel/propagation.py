@@ -65,7 +65,7 @@ _SENTRY_PREFIX = "sentry-"
 # W3C Baggage: at least 64 members and 8192 bytes must be propagated; we send no more.
 _BAGGAGE_MAX_MEMBERS = 64
 _BAGGAGE_MAX_BYTES = 8192
-_LOW_64 = (1 << 64) - 1
+_LOW_56 = (1 << 56) - 1
 
 
 class SpecTraceState(TraceState):
@@ -123,12 +123,12 @@ class DscDefaults:
 def sample_rand(trace_id: int) -> float:
     """Sentry's `sample_rand` from the trace id, so Sentry and OpenTelemetry agree.
 
-    OpenTelemetry's TraceIdRatioBased samples iff the low 64 bits of the trace id are
-    below `rate * 2**64`; Sentry samples iff `sample_rand < sample_rate`. Deriving
+    tracegate's ratio sampler samples iff the low 56 bits of the trace id are below
+    `rate * 2**56`; Sentry samples iff `sample_rand < sample_rate`. Deriving
     `sample_rand` from those same bits makes every downstream Sentry SDK reach the
     same decision as our sampler for any rate.
     """
-    value = (trace_id & _LOW_64) / float(1 << 64)
+    value = (trace_id & _LOW_56) / float(1 << 56)
     # Six decimals as Sentry writes them, truncated so it never rounds up to 1.0.
     return math.floor(value * 1_000_000) / 1_000_000
 

@@ -21,10 +21,10 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
+    Decision,
     ParentBased,
     Sampler,
     SamplingResult,
-    TraceIdRatioBased,
 )
 from opentelemetry.trace import Link, SpanKind
 from opentelemetry.util.types import Attributes
@@ -34,6 +34,7 @@ from otel.handoff import HandoffProcessor
 from otel.propagation import DEFERRED_SAMPLING_KEY, AdoptingIdGenerator
 
 __all__ = [
+    "RatioSampler",
     "TracegateSampler",
     "build_exporter",
     "build_provider",
@@ -85,6 +86,42 @@ class TracegateSampler(Sampler):
         return f"TracegateSampler{{{self._root.get_description()}}}"
 
 
+class RatioSampler(Sampler):
+    """Samples a share of traces, deciding on the trace id's low 56 bits.
+
+    OpenTelemetry's TraceIdRatioBased reads the low 64 bits. A UUIDv4 adopted from
+    `X-Trace-ID` has fixed variant bits there (its low 64 bits always fall in
+    [0.5, 0.75) of the range), which would sample 0% or 100% of such traces. The low
+    56 bits are random in a UUIDv4 and in every W3C Level 2 id with the random flag.
+    `otel.propagation.sample_rand` reads the same bits, so Sentry agrees.
+    """
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.bound = round(rate * (1 << 56))
+
+    def should_sample(
+        self,
+        parent_context: otel_context.Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: trace.TraceState | None = None,
+    ) -> SamplingResult:
+        sampled = (trace_id & _LOW_56) < self.bound
+        decision = Decision.RECORD_AND_SAMPLE if sampled else Decision.DROP
+        parent_state = trace.get_current_span(parent_context).get_span_context().trace_state
+        return SamplingResult(decision, attributes if sampled else None, parent_state)
+
+    def get_description(self) -> str:
+        return f"RatioSampler{{{self.rate}}}"
+
+
+_LOW_56 = (1 << 56) - 1
+
+
 def build_sampler(config: TelemetryConfig) -> TracegateSampler:
     base = config.sampler.removeprefix("parentbased_")
     root: Sampler
@@ -93,7 +130,7 @@ def build_sampler(config: TelemetryConfig) -> TracegateSampler:
     elif base == "always_off":
         root = ALWAYS_OFF
     else:
-        root = TraceIdRatioBased(config.sampler_arg)
+        root = RatioSampler(config.sampler_arg)
     return TracegateSampler(
         root, parent_based=config.parent_based, honour_inbound=config.honour_inbound_sampled
     )

@@ -51,6 +51,19 @@ def test_every_bad_value_is_listed_in_one_error() -> None:
     assert len(raised.value.problems) == 7
 
 
+def test_non_finite_numbers_are_refused() -> None:
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env(
+            {
+                "TRACEGATE_PORT": "nan",
+                "TRACEGATE_FLUSH_TIMEOUT_S": "inf",
+                "OTEL_TRACES_SAMPLER_ARG": "nan",
+            }
+        )
+    assert len(raised.value.problems) == 3
+    assert all("finite" in problem for problem in raised.value.problems)
+
+
 def test_otlp_endpoints_follow_the_otel_rules() -> None:
     base = TelemetryConfig.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318/"})
     assert base.otlp_url() == "http://c:4318/v1/traces"

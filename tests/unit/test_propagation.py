@@ -175,6 +175,26 @@ def test_sample_rand_agrees_with_trace_id_ratio() -> None:
     assert all(sample_rand(t) < 0.5 for t in sampled)
 
 
+def test_adopted_uuid4_ids_are_sampled_at_the_configured_rate() -> None:
+    import uuid
+
+    from opentelemetry.context import attach as attach_ctx
+    from opentelemetry.context import detach as detach_ctx
+
+    provider, exporter = _provider(sampler="traceidratio", sampler_arg=0.2)
+    tracer = provider.get_tracer("t")
+    for _ in range(500):
+        ctx = PROPAGATOR.extract({"x-trace-id": str(uuid.uuid4())})
+        token = attach_ctx(ctx)
+        try:
+            tracer.start_span("root", context=ctx).end()
+        finally:
+            detach_ctx(token)
+    sampled = len(exporter.get_finished_spans())
+    # 20% of 500; OpenTelemetry's 64-bit ratio sampler would keep none of them.
+    assert 60 < sampled < 140, sampled
+
+
 def test_untrusted_inbound_flag_is_not_obeyed() -> None:
     provider, exporter = _provider(sampler="parentbased_always_off", honour_inbound_sampled=False)
     ctx = PROPAGATOR.extract({"traceparent": f"00-{TRACE}-{PARENT}-01"})
