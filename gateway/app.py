@@ -19,7 +19,7 @@ def create_app(settings: Settings | None = None) -> flask.Flask:
     """Build the gateway; telemetry is set up here, once per process, never at import."""
     settings = settings or Settings.from_env()
     connection = connect(settings)
-    telemetry, store = start_telemetry(settings, connection)
+    telemetry, store = start_telemetry(settings)
     app = flask.Flask("tracegate")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]

@@ -82,7 +82,7 @@ def config_checks(settings: Settings) -> list[Check]:
         )
     checks.append(_otlp_check(settings))
     checks.append(_redis_check(settings))
-    checks.append(_propagator_check())
+    checks.append(_propagator_check(settings.propagators))
     sampler = telemetry.sampler
     if sampler.endswith("always_off") or (
         sampler.endswith("traceidratio") and not telemetry.sampler_arg
@@ -98,7 +98,6 @@ def config_checks(settings: Settings) -> list[Check]:
     else:
         arg = f" ({telemetry.sampler_arg})" if "ratio" in sampler else ""
         checks.append(Check("Sampler", OK, f"{sampler}{arg}, one decision for OTLP and Sentry"))
-    checks.append(_sentry_tracing_check())
     checks.append(_workers_check(settings))
     return checks
 
@@ -147,39 +146,21 @@ def _redis_check(settings: Settings) -> Check:
     return Check("Redis", OK, urlsplit(settings.redis).netloc.rpartition("@")[2])
 
 
-def _propagator_check() -> Check:
-    from opentelemetry import propagate
+def _propagator_check(configured: str) -> Check:
+    """OTEL_PROPAGATORS names propagators by entry point; a missing one stops the process."""
+    from importlib.metadata import entry_points
 
-    from otel.propagation import TracegatePropagator
-
-    current = propagate.get_global_textmap()
-    members = getattr(current, "_propagators", [current])
-    names = [
-        type(p).__name__.replace("TextMapPropagator", "").replace("Propagator", "") for p in members
-    ]
-    if not any(isinstance(p, TracegatePropagator) for p in members):
+    names = [n.strip() for n in (configured or "tracecontext,baggage").split(",") if n.strip()]
+    installed = {ep.name for ep in entry_points(group="opentelemetry_propagator")}
+    missing = [n for n in names if n != "none" and n not in installed]
+    if missing:
         return Check(
             "Propagators",
             FAIL,
-            ", ".join(names) or "none",
-            "call otel.setup() (tracegate adds its propagator after OTEL_PROPAGATORS)",
+            f"not installed: {', '.join(missing)}",
+            "install them or remove them from OTEL_PROPAGATORS (the gateway will not start)",
         )
-    return Check("Propagators", OK, " + ".join(names))
-
-
-def _sentry_tracing_check() -> Check:
-    import sentry_sdk
-    from sentry_sdk.tracing_utils import has_tracing_enabled
-
-    options = sentry_sdk.get_client().options
-    if options and has_tracing_enabled(options):
-        return Check(
-            "Sentry tracing",
-            FAIL,
-            "sentry-sdk's own tracing is on: a second trace",
-            "remove traces_sample_rate / traces_sampler / enable_tracing",
-        )
-    return Check("Sentry tracing", OK, "off: OpenTelemetry's sampler decides")
+    return Check("Propagators", OK, " + ".join([*names, "tracegate"]))
 
 
 def _workers_check(settings: Settings) -> Check:
@@ -233,6 +214,8 @@ def _wait(what: Callable[[], bool], out: TextIO, label: str, wait_s: float) -> b
 def probe_checks(settings: Settings, url: str, out: TextIO, wait_s: float = 15.0) -> list[Check]:
     trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
     headers = {"traceparent": f"00-{trace_id}-{parent}-01"}
+    auth = {"Authorization": f"Bearer {settings.api_keys[0]}"} if settings.api_keys else {}
+    probe_started_ms = time.time() * 1000
     checks: list[Check] = []
     try:
         started = time.perf_counter()
@@ -273,13 +256,13 @@ def probe_checks(settings: Settings, url: str, out: TextIO, wait_s: float = 15.0
     else:
         checks.append(Check("Trace id at the edge", OK, f"continued {trace_id}"))
     job_status, _, job = _http(
-        "POST", url + "/v1/jobs", {"task": "echo", "args": ["doctor"]}, headers
+        "POST", url + "/v1/jobs", {"task": "echo", "args": ["doctor"]}, {**headers, **auth}
     )
     _http("GET", url + "/example/error", headers=headers)
     store: dict[str, Any] = {}
 
     def fetch() -> dict[str, Any]:
-        status, _, body = _http("GET", f"{url}/v1/traces/{trace_id}")
+        status, _, body = _http("GET", f"{url}/v1/traces/{trace_id}", headers=auth)
         return body if status == 200 and isinstance(body, dict) else {}
 
     def has(kinds: set[str], events: int = 0) -> Callable[[], bool]:
@@ -340,6 +323,7 @@ def probe_checks(settings: Settings, url: str, out: TextIO, wait_s: float = 15.0
         titles = ", ".join(e["title"][:24] for e in store["sentry_events"][:2])
         where = "sent to Sentry" if settings.telemetry.sentry_dsn else "kept locally"
         checks.append(Check("Sentry events", OK, f"{titles} ({where})"))
+        checks.append(Check("Sentry tracing", OK, "off: the events carry the probe's trace id"))
     else:
         checks.append(
             Check(
@@ -350,6 +334,17 @@ def probe_checks(settings: Settings, url: str, out: TextIO, wait_s: float = 15.0
                 "failing; check SENTRY_DSN and the gateway's logs",
             )
         )
+        elsewhere = _events_in_other_traces(url, auth, trace_id, probe_started_ms)
+        if elsewhere:
+            checks.append(
+                Check(
+                    "Sentry tracing",
+                    FAIL,
+                    f"the probe's events went to trace {elsewhere[:8]}…",
+                    "sentry-sdk's own tracing is on beside OpenTelemetry: remove "
+                    "traces_sample_rate / traces_sampler / enable_tracing",
+                )
+            )
     checks.append(_otlp_probe(settings, trace_id))
     overhead = traced_ms - plain_ms
     checks.append(
@@ -363,6 +358,19 @@ def probe_checks(settings: Settings, url: str, out: TextIO, wait_s: float = 15.0
         )
     )
     return checks
+
+
+def _events_in_other_traces(
+    url: str, auth: dict[str, str], trace_id: str, since_ms: float
+) -> str | None:
+    """A trace other than the probe's that got Sentry events during the probe."""
+    status, _, body = _http("GET", f"{url}/v1/traces?limit=20", headers=auth)
+    if status != 200 or not isinstance(body, dict):
+        return None
+    for found in body.get("traces", []):
+        if found["trace_id"] != trace_id and found["event_count"] and found["start_ms"] >= since_ms:
+            return str(found["trace_id"])
+    return None
 
 
 def _otlp_probe(settings: Settings, trace_id: str) -> Check:

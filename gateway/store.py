@@ -131,10 +131,16 @@ def span_record(span: ReadableSpan) -> dict[str, Any]:
 class TraceStore:
     """Reads and writes the local trace store in Redis."""
 
+    # After a failed write, writes are skipped for this long: a Sentry event captured in
+    # a request or job must not wait on a Redis that is down, again and again.
+    PAUSE_AFTER_FAILURE_S = 5.0
+
     def __init__(self, connection: redis.Redis, limits: StoreLimits | None = None) -> None:
         self.redis = connection
         self.limits = limits or StoreLimits()
         self._add_spans = connection.register_script(_ADD_SPANS)
+        self._paused_until = 0.0
+        self.skipped = 0
 
     @staticmethod
     def _key(trace_id: str, part: str) -> str:
@@ -176,6 +182,16 @@ class TraceStore:
         self._trim()
 
     def add_event(self, summary: Mapping[str, Any]) -> None:
+        if time.monotonic() < self._paused_until:
+            self.skipped += 1
+            return
+        try:
+            self._add_event(summary)
+        except (redis.RedisError, OSError):
+            self._paused_until = time.monotonic() + self.PAUSE_AFTER_FAILURE_S
+            raise
+
+    def _add_event(self, summary: Mapping[str, Any]) -> None:
         trace_id = str(summary["trace_id"])
         events = self._key(trace_id, "events")
         summary_key = self._key(trace_id, "summary")

@@ -18,13 +18,16 @@ def connect(settings: Settings) -> redis.Redis:
     return redis.Redis.from_url(settings.redis, socket_connect_timeout=2.0, socket_timeout=5.0)
 
 
-def start_telemetry(
-    settings: Settings, connection: redis.Redis
-) -> tuple[otel.Telemetry, TraceStore | None]:
+def start_telemetry(settings: Settings) -> tuple[otel.Telemetry, TraceStore | None]:
     """Set up telemetry for this process; spans and Sentry events also go to the store."""
     if not settings.store:
         return otel.setup(settings.telemetry), None
-    store = TraceStore(connection, settings.store_limits)
+    # The store's own client, with short timeouts: it writes from inside requests and
+    # jobs (Sentry events), which a slow or absent Redis must not hold up.
+    store_connection = redis.Redis.from_url(
+        settings.redis, socket_connect_timeout=0.25, socket_timeout=1.0
+    )
+    store = TraceStore(store_connection, settings.store_limits)
 
     def keep_event(event: dict[str, Any]) -> None:
         summary = event_summary(event)

@@ -115,24 +115,23 @@ def run_up(settings: Settings, environ: Mapping[str, str], out: TextIO = sys.std
     env.setdefault("TRACEGATE_DEMO_TASKS", "1")
     # Spans reach the local trace store (and a collector) within a second, not five.
     env.setdefault("OTEL_BSP_SCHEDULE_DELAY", "500")
-    embedded = None
-    if not settings.redis_url:
-        embedded = EmbeddedRedis(Path(settings.data_dir).resolve())
-        print(
-            f"starting the embedded Redis in {_short(embedded.data_dir)} ...", file=out, flush=True
-        )
-        embedded.start()
-        env["REDIS_URL"] = embedded.url
     stopping = False
 
     def request_stop(signum: int, frame: object) -> None:
         nonlocal stopping
         stopping = True
 
+    # Signals are ours before anything starts: a Ctrl-C at any moment stops it all.
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    embedded = None
     children = _Children()
     status = 0
     try:
+        if not settings.redis_url:
+            embedded = EmbeddedRedis(Path(settings.data_dir).resolve())
+            print(f"starting the embedded Redis in {_short(embedded.data_dir)} ...", file=out)
+            embedded.start()
+            env["REDIS_URL"] = embedded.url
         host, port = settings.host, str(settings.port)
         children.start(
             "gateway",
@@ -143,10 +142,11 @@ def run_up(settings: Settings, environ: Mapping[str, str], out: TextIO = sys.std
         worker_env.setdefault("OTEL_SERVICE_NAME", "tracegate-worker")
         children.start("worker", [_tracegate(), "worker"], worker_env)
         base = f"http://{host}:{port}"
-        if not _wait_ready(base, children):
+        if not stopping and not _wait_ready(base, children):
             print(f"tracegate: the gateway did not become ready on {base}", file=sys.stderr)
             return 1
-        _describe(settings, embedded, base, out)
+        if not stopping:
+            _describe(settings, embedded, base, out)
         while not stopping:
             dead = children.exited()
             if dead is not None:

@@ -45,7 +45,7 @@ def run_worker(
     burst: bool = False,
 ) -> int:
     connection = connect(settings)
-    telemetry, _ = start_telemetry(settings, connection)
+    telemetry, _ = start_telemetry(settings)
     worker = load_worker_class(worker_class)(
         [TracedQueue(name, connection=connection) for name in queues],
         connection=connection,

@@ -7,7 +7,6 @@ worker's spans and Sentry events share the request's trace id.
 
 from __future__ import annotations
 
-import hmac
 import math
 import re
 from datetime import timedelta
@@ -19,6 +18,7 @@ from rq import Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
+from gateway.auth import require_api_key
 from gateway.errors import ApiError
 from gateway.settings import Settings
 from gateway.tasks import Registry
@@ -45,17 +45,7 @@ def _connection() -> redis.Redis:
     return connection
 
 
-@blueprint.before_request
-def require_api_key() -> None:
-    keys = _settings().api_keys
-    if not keys:
-        return
-    header = flask.request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not any(
-        hmac.compare_digest(token.strip().encode(), key.encode()) for key in keys
-    ):
-        raise ApiError(401, "unauthorized", "a valid bearer API key is required")
+blueprint.before_request(require_api_key)
 
 
 @blueprint.post("/v1/jobs")

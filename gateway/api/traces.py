@@ -9,6 +9,7 @@ from __future__ import annotations
 import flask
 import redis
 
+from gateway.auth import require_api_key
 from gateway.errors import ApiError
 from gateway.store import TraceStore
 from otel import ids
@@ -16,6 +17,7 @@ from otel import ids
 __all__ = ["blueprint"]
 
 blueprint = flask.Blueprint("traces", __name__)
+blueprint.before_request(require_api_key)
 
 
 def _store() -> TraceStore:

@@ -121,6 +121,7 @@ def test_up_runs_everything_and_stops_cleanly(tmp_path: Path, free_port: int) ->
             "Server span": "ok",
             "Job spans": "ok",
             "Sentry events": "ok",
+            "Sentry tracing": "ok",
             "OTLP export": "warn",  # no collector in an empty environment
             "Overhead": "ok",
         }

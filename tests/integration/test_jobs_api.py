@@ -121,7 +121,9 @@ def test_api_keys_guard_the_job_routes(redis_url: str, connection: redis.Redis) 
         assert _queued(connection) == 0
         ok = client.post("/v1/jobs", json={"task": "echo"}, headers={"Authorization": "Bearer k2"})
         assert ok.status_code == 202
-        assert client.get("/healthz").status_code == 200  # only the job routes are guarded
+        assert client.get("/v1/traces").status_code == 401  # the trace store too
+        assert client.get("/v1/traces", headers={"Authorization": "Bearer k1"}).status_code == 200
+        assert client.get("/healthz").status_code == 200
 
 
 def test_demo_tasks_are_off_unless_asked_for(redis_url: str) -> None:
