@@ -10,20 +10,52 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
+from typing import Any
 
 from rq.worker import BaseWorker
 
+import otel
 from gateway.settings import Settings
 from gateway.telemetry import connect, start_telemetry
-from otel.rq import TracedJob, TracedQueue
+from otel.rq import (
+    TracedJob,
+    TracedQueue,
+    TracedSimpleWorker,
+    TracedSpawnWorker,
+    TracedWorker,
+)
 
 __all__ = ["WORKER_CLASSES", "run_worker"]
 
 WORKER_CLASSES = {
-    "fork": "otel.rq.TracedWorker",
-    "simple": "otel.rq.TracedSimpleWorker",
-    "spawn": "otel.rq.TracedSpawnWorker",
+    "fork": "gateway.worker.GatewayWorker",
+    "simple": "gateway.worker.GatewaySimpleWorker",
+    "spawn": "gateway.worker.GatewaySpawnWorker",
 }
+
+
+class _GatewaySetup:
+    """Telemetry as `tracegate worker` sets it up — the TOML file, the local trace store —
+    also in a process that only rebuilds the worker: rq 3's spawned work horse."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if otel.active() is None:
+            start_telemetry(Settings.from_env())
+        super().__init__(*args, **kwargs)
+
+
+class GatewayWorker(_GatewaySetup, TracedWorker):
+    """The forking worker of `tracegate worker`."""
+
+
+class GatewaySimpleWorker(_GatewaySetup, TracedSimpleWorker):
+    """The in-process worker of `tracegate worker --worker-class simple`."""
+
+
+if TracedSpawnWorker is not None:
+
+    class GatewaySpawnWorker(_GatewaySetup, TracedSpawnWorker):
+        """The spawning worker of `tracegate worker --worker-class spawn`."""
 
 
 def load_worker_class(name: str) -> type[BaseWorker]:

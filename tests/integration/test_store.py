@@ -42,13 +42,14 @@ def _trace(gateway: Gateway, trace_id: str = TRACE) -> dict[str, Any]:
     return body
 
 
+@pytest.mark.parametrize("worker_class", ["fork", "spawn"])
 def test_request_producer_and_worker_spans_in_one_tree_without_dsn_or_collector(
-    gateway: Gateway, env: dict[str, str]
+    worker_class: str, gateway: Gateway, env: dict[str, str]
 ) -> None:
     headers = {"traceparent": f"00-{TRACE}-{PARENT}-01"}
     created = gateway.client.post("/v1/jobs", json={"task": "fail"}, headers=headers).get_json()
     gateway.flush()
-    run_worker({**env, "OTEL_SERVICE_NAME": "tracegate-worker"})
+    run_worker({**env, "OTEL_SERVICE_NAME": "tracegate-worker"}, worker_class)
     gateway.flush()
 
     trace = _trace(gateway)
