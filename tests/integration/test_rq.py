@@ -388,10 +388,9 @@ def test_delayed_job_can_start_a_linked_trace(
     assert [(t, s) for t, s, _ in consumer.links] == [(TRACE, producer.span_id_hex)]
 
 
+@pytest.mark.parametrize("export", ["handoff", "flush"])
 def test_dead_collector_and_sentry_cost_at_most_the_flush_deadline(
-    env: dict[str, str],
-    connection: redis.Redis,
-    free_port: int,
+    export: str, env: dict[str, str], connection: redis.Redis, free_port: int
 ) -> None:
     dead = f"http://127.0.0.1:{free_port}"
     env = {
@@ -399,13 +398,18 @@ def test_dead_collector_and_sentry_cost_at_most_the_flush_deadline(
         "OTEL_EXPORTER_OTLP_ENDPOINT": dead,
         "SENTRY_DSN": dead.replace("http://", "http://public@") + "/1",
         "TRACEGATE_RQ_FLUSH_TIMEOUT_S": "0.2",
+        "TRACEGATE_RQ_EXPORT": export,
     }
     queue = TracedQueue("default", connection=connection)
-    jobs = [queue.enqueue("tests.jobs.functions.traced_echo", str(i)) for i in range(50)]
+    # Failing jobs: every work horse has a Sentry event to send, and spans to export
+    # itself in flush mode, to a collector and a Sentry that are not there.
+    jobs = [queue.enqueue("tests.jobs.functions.boom", str(i)) for i in range(25)]
+    jobs += [queue.enqueue("tests.jobs.functions.traced_echo", str(i)) for i in range(25)]
     started = time.monotonic()
     run_worker(env, "fork")
     elapsed = time.monotonic() - started
-    assert all(Job.fetch(j.id, connection=connection).get_status() == "finished" for j in jobs)
+    statuses = {Job.fetch(j.id, connection=connection).get_status() for j in jobs}
+    assert statuses == {"failed", "finished"}
     # Without the deadline a dead collector holds each work horse for many seconds.
     assert elapsed < 50 * 0.2 + 20, f"50 jobs took {elapsed:.1f}s"
 
