@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tests.peers.base import PeerUnavailableError
+from tests.peers.node import find_node, npm_ci
 
 HARNESS_DIR = Path(__file__).resolve().parent
 CHROMIUM = Path("/usr/bin/chromium")
-MIN_NODE_MAJOR = 20
-_NPM_CI_TIMEOUT = 600.0
 _DRIVE_TIMEOUT = 300.0
 
 Facts = dict[str, Any]
@@ -39,23 +36,6 @@ def find_chromium(path: Path = CHROMIUM) -> str:
     return str(path)
 
 
-def find_node() -> str:
-    node = shutil.which("node")
-    if node is None:
-        raise PeerUnavailableError(
-            f"node is not on PATH: the browser tests need node >= {MIN_NODE_MAJOR}"
-        )
-    version = subprocess.run(
-        [node, "--version"], capture_output=True, text=True, check=True, timeout=30
-    ).stdout.strip()
-    match = re.match(r"v(\d+)\.", version)
-    if match is None or int(match[1]) < MIN_NODE_MAJOR:
-        raise PeerUnavailableError(
-            f"{node} is {version}: the browser tests need node >= {MIN_NODE_MAJOR}"
-        )
-    return node
-
-
 def ensure_installed(harness_dir: Path = HARNESS_DIR) -> None:
     """``npm ci`` when playwright-core is missing or is not the version package.json pins."""
     pinned = json.loads((harness_dir / "package.json").read_text())["dependencies"][
@@ -64,20 +44,7 @@ def ensure_installed(harness_dir: Path = HARNESS_DIR) -> None:
     installed = harness_dir / "node_modules" / "playwright-core" / "package.json"
     if installed.is_file() and json.loads(installed.read_text()).get("version") == pinned:
         return
-    npm = shutil.which("npm")
-    if npm is None:
-        raise PeerUnavailableError(f"npm is not on PATH: cannot install {harness_dir}")
-    done = subprocess.run(
-        [npm, "ci", "--no-audit", "--no-fund"],
-        cwd=harness_dir,
-        capture_output=True,
-        text=True,
-        timeout=_NPM_CI_TIMEOUT,
-        check=False,
-    )
-    if done.returncode != 0 or not installed.is_file():
-        output = (done.stdout + done.stderr)[-2000:]
-        raise RuntimeError(f"npm ci in {harness_dir} failed ({done.returncode}):\n{output}")
+    npm_ci(harness_dir, installed)
 
 
 @dataclass(frozen=True)
@@ -110,7 +77,7 @@ class Browser:
     def __init__(self, harness_dir: Path = HARNESS_DIR) -> None:
         self.harness_dir = harness_dir
         self.chromium = find_chromium()
-        self.node = find_node()
+        self.node = find_node("the browser tests")
         ensure_installed(harness_dir)
 
     def visit(self, base_url: str, visits: list[Visit], profile: Path) -> dict[str, Facts]:

@@ -17,7 +17,6 @@ import json
 import os
 import re
 import select
-import shutil
 import signal
 import socket
 import subprocess
@@ -27,56 +26,23 @@ import time
 from pathlib import Path
 from typing import IO
 
-from .base import LOOPBACK, PeerContext, PeerUnavailableError, free_port
+from .base import LOOPBACK, PeerContext, free_port
 from .envelope import EnvelopeInbox, envelope_from_json
+from .node import find_node, npm_ci
 
 HARNESS_DIR = Path(__file__).resolve().parent.parent / "interop" / "spotlight"
 ENVELOPE_EVENT = "application/x-sentry-envelope"
 SSE = "text/event-stream"
-MIN_NODE_MAJOR = 20
 _READY = re.compile(rb"^SPOTLIGHT READY http://127\.0\.0\.1:(\d+)\s*$")
 _START_ATTEMPTS = 3
 _READY_TIMEOUT = 30.0
-_NPM_CI_TIMEOUT = 600.0
-
-
-def find_node() -> str:
-    """Path of node >= 20; PeerUnavailableError otherwise."""
-    node = shutil.which("node")
-    if node is None:
-        raise PeerUnavailableError(
-            f"node is not on PATH: the Spotlight interop tests need node >= {MIN_NODE_MAJOR}"
-        )
-    version = subprocess.run(
-        [node, "--version"], capture_output=True, text=True, check=True, timeout=30
-    ).stdout.strip()
-    match = re.match(r"v(\d+)\.", version)
-    if match is None or int(match[1]) < MIN_NODE_MAJOR:
-        raise PeerUnavailableError(
-            f"{node} is {version}: the Spotlight interop tests need node >= {MIN_NODE_MAJOR}"
-        )
-    return node
 
 
 def ensure_installed(harness_dir: Path = HARNESS_DIR) -> None:
     """Run ``npm ci`` in the harness when its node_modules are missing (a fresh checkout)."""
     marker = harness_dir / "node_modules" / "@spotlightjs" / "spotlight" / "package.json"
-    if marker.is_file():
-        return
-    npm = shutil.which("npm")
-    if npm is None:
-        raise PeerUnavailableError(f"npm is not on PATH: cannot install {harness_dir}")
-    done = subprocess.run(
-        [npm, "ci", "--no-audit", "--no-fund"],
-        cwd=harness_dir,
-        capture_output=True,
-        text=True,
-        timeout=_NPM_CI_TIMEOUT,
-        check=False,
-    )
-    if done.returncode != 0 or not marker.is_file():
-        output = (done.stdout + done.stderr)[-2000:]
-        raise RuntimeError(f"npm ci in {harness_dir} failed ({done.returncode}):\n{output}")
+    if not marker.is_file():
+        npm_ci(harness_dir, marker)
 
 
 class SpotlightSidecar(EnvelopeInbox, PeerContext):
@@ -103,7 +69,7 @@ class SpotlightSidecar(EnvelopeInbox, PeerContext):
     def start(self) -> None:
         if self._process is not None:
             return
-        node = find_node()
+        node = find_node("the Spotlight interop tests")
         ensure_installed(self.harness_dir)
         errors: list[str] = []
         for _ in range(_START_ATTEMPTS):  # the free port can be taken before node binds it
