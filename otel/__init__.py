@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.context import Context
 
 from otel import ids
@@ -62,11 +62,15 @@ def instrument_flask(app: flask.Flask, telemetry: Telemetry | None = None) -> fl
 
 def inject(carrier: MutableMapping[str, str], context: Context | None = None) -> None:
     """Write the current trace context into `carrier` (headers, a job's meta)."""
+    from opentelemetry import propagate  # reads OTEL_PROPAGATORS when first imported
+
     propagate.inject(carrier, context=context)
 
 
 def extract(carrier: Any, context: Context | None = None) -> Context:
     """The context a carrier continues; an empty one when it carries no valid trace."""
+    from opentelemetry import propagate
+
     return propagate.extract(carrier, context=context)
 
 

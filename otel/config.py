@@ -69,6 +69,8 @@ class TelemetryConfig:
     max_open_segments: int = 1000
     max_segment_age_s: float = 600.0
     cors_origins: tuple[str, ...] = ()
+    # OTEL_PROPAGATORS as given; OpenTelemetry reads it itself, tracegate checks it.
+    propagators: str = ""
     # RQ: the hard deadline of the flush before a forked work horse exits; whether
     # every failed attempt is reported to Sentry or only the final one; whether a
     # delayed job (enqueue_in / enqueue_at) starts a new trace linked to its creator.
@@ -147,6 +149,12 @@ class TelemetryConfig:
             problem = _dsn_problem(self.sentry_dsn)
             if problem:
                 found.append(f"SENTRY_DSN: {problem}")
+        missing = _missing_propagators(self.propagators)
+        if missing:
+            found.append(
+                f"OTEL_PROPAGATORS: {', '.join(missing)} not installed "
+                "(install the package or remove the name)"
+            )
         if self.trace_id_format not in ("uuid", "hex"):
             found.append(f"TRACEGATE_TRACE_ID_FORMAT: {self.trace_id_format!r} is not uuid or hex")
         for name, value in (
@@ -218,6 +226,7 @@ class TelemetryConfig:
             max_open_segments=int(reader.number("TRACEGATE_MAX_OPEN_SEGMENTS", 1000)),
             max_segment_age_s=reader.number("TRACEGATE_MAX_SEGMENT_AGE_S", 600.0),
             cors_origins=reader.words("TRACEGATE_CORS_ORIGINS"),
+            propagators=environ.get("OTEL_PROPAGATORS", "").strip(),
             rq_flush_timeout_s=reader.number("TRACEGATE_RQ_FLUSH_TIMEOUT_S", 0.5),
             rq_report_every_attempt=reader.flag("TRACEGATE_RQ_REPORT_EVERY_ATTEMPT", False),
             rq_delayed_links_only=reader.flag("TRACEGATE_RQ_DELAYED_LINKS_ONLY", False),
@@ -287,6 +296,17 @@ class EnvReader:
                 continue
             result[unquote(key.strip())] = unquote(value.strip())
         return result
+
+
+def _missing_propagators(configured: str) -> list[str]:
+    """Names in OTEL_PROPAGATORS with no installed entry point (OTel would refuse to start)."""
+    names = [n.strip() for n in configured.split(",") if n.strip() and n.strip() != "none"]
+    if not names:
+        return []
+    from importlib.metadata import entry_points
+
+    installed = {ep.name for ep in entry_points(group="opentelemetry_propagator")}
+    return [n for n in names if n not in installed]
 
 
 def _spotlight(raw: str) -> str:

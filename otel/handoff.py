@@ -8,14 +8,15 @@ RPUSH as it ends (`dump`), and the long-lived worker process reads them back (`l
 and feeds them to its own processors, which export in the background and build the
 Sentry transactions. Outside a work horse the processor simply delegates.
 
-Spans cross as plain values (ids, attributes, events, links, status, times, resource,
-scope), pickled: both ends are this module, in the same deployment.
+Spans cross as JSON (ids, attributes, events, links, status, times, resource, scope):
+whoever can write to Redis can at most forge telemetry, never run code, unlike with
+a pickle.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import pickle
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -59,13 +60,13 @@ class HandoffProcessor(SpanProcessor):
         spans = self.take()
         if not spans:
             return None
-        return pickle.dumps([_to_value(span) for span in spans], protocol=pickle.HIGHEST_PROTOCOL)
+        return json.dumps([_to_value(span) for span in spans], default=str).encode()
 
     # -- the long-lived process's side ---------------------------------------------
 
     def load(self, payload: bytes) -> int:
         """Feed spans a work horse dumped to the processors, as if they ran here."""
-        spans = [_from_value(value) for value in pickle.loads(payload)]
+        spans = [_from_value(value) for value in json.loads(payload)]
         # Starts in start order, so parents are known before their children.
         for span in sorted(spans, key=lambda s: s.start_time or 0):
             for processor in self.processors:
@@ -115,11 +116,23 @@ def _context_value(context: SpanContext | None) -> tuple[Any, ...] | None:
     )
 
 
-def _context(value: tuple[Any, ...] | None) -> SpanContext | None:
+def _context(value: Sequence[Any] | None) -> SpanContext | None:
     if value is None:
         return None
     trace_id, span_id, is_remote, flags, state = value
-    return SpanContext(trace_id, span_id, is_remote, TraceFlags(flags), SpecTraceState(state))
+    members = [(str(k), str(v)) for k, v in state]
+    return SpanContext(
+        int(trace_id),
+        int(span_id),
+        bool(is_remote),
+        TraceFlags(int(flags)),
+        SpecTraceState(members),
+    )
+
+
+def _attributes(values: dict[str, Any]) -> dict[str, Any]:
+    # JSON turns tuples into lists; OpenTelemetry keeps sequences as tuples.
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
 
 
 def _to_value(span: ReadableSpan) -> dict[str, Any]:
@@ -150,7 +163,7 @@ def _from_value(value: dict[str, Any]) -> ReadableSpan:
         context=_context(value["context"]),
         parent=_context(value["parent"]),
         resource=Resource(value["resource"]),
-        attributes=value["attributes"],
+        attributes=_attributes(value["attributes"]),
         events=[
             Event(name, attributes, timestamp) for name, attributes, timestamp in value["events"]
         ],

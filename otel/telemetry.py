@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import sentry_sdk
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from sentry_sdk.transport import make_transport
 
@@ -152,6 +152,10 @@ def setup(
                 sample_rate=sample_rate(config),
             )
         )
+        # Imported here: `opentelemetry.propagate` builds OTEL_PROPAGATORS on import and
+        # raises for a name that is not installed, which settings report first.
+        from opentelemetry import propagate
+
         propagate.set_global_textmap(compose(propagate.get_global_textmap(), propagator))
         bridge = None
         if config.sentry_dsn or config.sentry_spotlight or event_sink is not None:

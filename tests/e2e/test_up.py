@@ -141,3 +141,26 @@ def test_up_runs_everything_and_stops_cleanly(tmp_path: Path, free_port: int) ->
     time.sleep(0.5)
     assert not [pid for pid in children if _alive(pid)], "processes left behind"
     assert (tmp_path / ".tracegate" / "tracegate.rdb").exists()  # redis saved on the way out
+
+
+def test_a_closed_terminal_stops_everything_too(tmp_path: Path, free_port: int) -> None:
+    process = subprocess.Popen(
+        [TRACEGATE, "up", "--port", str(free_port)],
+        cwd=tmp_path,
+        env={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("Ctrl-C stops everything"):
+            break
+    children = _descendants(process.pid)
+    assert len(children) >= 3
+    assert oct((tmp_path / ".tracegate").stat().st_mode & 0o777) == "0o700"
+    assert oct((tmp_path / ".tracegate" / "redis.url").stat().st_mode & 0o777) == "0o600"
+    process.send_signal(signal.SIGHUP)
+    process.communicate(timeout=60)
+    time.sleep(0.5)
+    assert not [pid for pid in children if _alive(pid)], "processes left behind"

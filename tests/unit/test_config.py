@@ -51,6 +51,12 @@ def test_every_bad_value_is_listed_in_one_error() -> None:
     assert len(raised.value.problems) == 7
 
 
+def test_propagators_that_are_not_installed_are_refused() -> None:
+    with pytest.raises(ConfigError, match="OTEL_PROPAGATORS: xray not installed"):
+        Settings.from_env({"OTEL_PROPAGATORS": "tracecontext,baggage,xray"})
+    assert Settings.from_env({"OTEL_PROPAGATORS": "tracecontext,baggage"})
+
+
 def test_non_finite_numbers_are_refused() -> None:
     with pytest.raises(ConfigError) as raised:
         Settings.from_env(
