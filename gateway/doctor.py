@@ -202,11 +202,26 @@ def _wait(what: Callable[[], bool], out: TextIO, label: str, wait_s: float) -> b
 
 
 def probe_checks(settings: Settings, url: str, out: TextIO, wait_s: float = 15.0) -> list[Check]:
+    checks: list[Check] = []
+    try:
+        _probe(settings, url, out, wait_s, checks)
+    except OSError as error:  # the gateway went away in the middle of the probe
+        checks.append(
+            Check(
+                "Gateway",
+                FAIL,
+                f"stopped answering during the probe ({type(error).__name__})",
+                "check the gateway's logs; is it restarting?",
+            )
+        )
+    return checks
+
+
+def _probe(settings: Settings, url: str, out: TextIO, wait_s: float, checks: list[Check]) -> None:
     trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
     headers = {"traceparent": f"00-{trace_id}-{parent}-01"}
     auth = {"Authorization": f"Bearer {settings.api_keys[0]}"} if settings.api_keys else {}
     probe_started_ms = time.time() * 1000
-    checks: list[Check] = []
     try:
         started = time.perf_counter()
         status, got, _ = _http("GET", url + "/example", headers=headers)
@@ -215,23 +230,25 @@ def probe_checks(settings: Settings, url: str, out: TextIO, wait_s: float = 15.0
         _http("GET", url + "/healthz")
         plain_ms = (time.perf_counter() - started) * 1000
     except OSError as error:
-        return [
+        checks.append(
             Check(
                 "Gateway",
                 FAIL,
                 f"{url} unreachable ({type(error).__name__})",
                 "start it (tracegate up / tracegate serve) or pass --url",
             )
-        ]
+        )
+        return
     if status == 404:
-        return [
+        checks.append(
             Check(
                 "Gateway",
                 FAIL,
                 "probe route /example is off",
                 "enable TRACEGATE_DEMO_ROUTES=1 for the probe",
             )
-        ]
+        )
+        return
     echoed = ids.parse_x_trace_id(got.get("X-Trace-ID") or got.get("x-trace-id"))
     if echoed != int(trace_id, 16):
         checks.append(
@@ -347,7 +364,6 @@ def probe_checks(settings: Settings, url: str, out: TextIO, wait_s: float = 15.0
             else "overhead: lower OTEL_TRACES_SAMPLER_ARG or check the collector's latency",
         )
     )
-    return checks
 
 
 def _events_in_other_traces(
@@ -358,7 +374,11 @@ def _events_in_other_traces(
     if status != 200 or not isinstance(body, dict):
         return None
     for found in body.get("traces", []):
-        if found["trace_id"] != trace_id and found["event_count"] and found["start_ms"] >= since_ms:
+        if (
+            found["trace_id"] != trace_id
+            and found["event_count"]
+            and found["updated_ms"] >= since_ms
+        ):
             return str(found["trace_id"])
     return None
 

@@ -43,15 +43,17 @@ def log_requests(app: flask.Flask) -> None:
         began = flask.g.get("tracegate_started")
         duration_ms = round((time.perf_counter() - began) * 1000, 2) if began else None
         request = flask.request
+        # A decoded %0A in the path must not start a forged line in the log.
+        path = request.path.encode("unicode_escape").decode("ascii")
         access.info(
             "%s %s %s %sms",
             request.method,
-            request.path,
+            path,
             response.status_code,
             duration_ms,
             extra={
                 "http_method": request.method,
-                "http_path": request.path,
+                "http_path": path,
                 "http_status": response.status_code,
                 "duration_ms": duration_ms,
             },

@@ -21,7 +21,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["ConfigError", "Settings"]
+__all__ = ["ConfigError", "Settings", "configured"]
 
 _DEFAULT_SERVICE = "tracegate"
 _EXCLUDED_URLS = "/healthz,/readyz,/traces,/v1/traces,/static/"
@@ -58,13 +58,8 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        env = dict(os.environ if environ is None else environ)
         problems: list[str] = []
-        config_file = env.get("TRACEGATE_CONFIG", "").strip()
-        tasks: dict[str, str] = {}
-        if config_file:
-            values, tasks = _read_toml(config_file, problems)
-            env = {**values, **env}
+        env, tasks = _layered(dict(os.environ if environ is None else environ), problems)
         env.setdefault("OTEL_SERVICE_NAME", _DEFAULT_SERVICE)
         # Probes and the trace viewer would otherwise fill the store with their own traces.
         env.setdefault("OTEL_PYTHON_FLASK_EXCLUDED_URLS", _EXCLUDED_URLS)
@@ -83,7 +78,7 @@ class Settings:
             redis_url=env.get("REDIS_URL", "").strip(),
             demo_routes=reader.flag("TRACEGATE_DEMO_ROUTES", True),
             max_body_bytes=int(reader.number("TRACEGATE_MAX_BODY_BYTES", 1024 * 1024)),
-            config_file=config_file,
+            config_file=env.get("TRACEGATE_CONFIG", "").strip(),
             tasks={**tasks, **reader.pairs("TRACEGATE_TASKS")},
             demo_tasks=reader.flag("TRACEGATE_DEMO_TASKS", False),
             queues=reader.words("TRACEGATE_QUEUES") or ("default",),
@@ -117,6 +112,8 @@ class Settings:
         ):
             if value < 1:
                 found.append(f"{name}: must be at least 1")
+        if self.store_limits.max_age_s > 30 * 24 * 3600:
+            found.append("TRACEGATE_STORE_MAX_AGE_S: at most 30 days (2592000)")
         if self.max_body_bytes < 1:
             found.append("TRACEGATE_MAX_BODY_BYTES: must be at least 1")
         paths = {**(DEMO_TASKS if self.demo_tasks else {}), **self.tasks}
@@ -126,6 +123,21 @@ class Settings:
                 f"REDIS_URL: {self.redis_url!r} is not a redis://, rediss:// or unix:// URL"
             )
         return found
+
+
+def configured(environ: Mapping[str, str]) -> set[str]:
+    """The names the environment or the TOML file set (without tracegate's defaults)."""
+    env, _ = _layered(dict(environ), [])
+    return set(env)
+
+
+def _layered(env: dict[str, str], problems: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """The TOML file's values under the environment's, and the file's [tasks] table."""
+    config_file = env.get("TRACEGATE_CONFIG", "").strip()
+    if not config_file:
+        return env, {}
+    values, tasks = _read_toml(config_file, problems)
+    return {**values, **env}, tasks
 
 
 def _read_toml(path: str, problems: list[str]) -> tuple[dict[str, str], dict[str, str]]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -64,6 +65,35 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 return n
+"""
+
+# KEYS: events, summary, index. ARGV: trace id, now ms, ttl s, max events, event JSON.
+_ADD_EVENT = """
+redis.call('RPUSH', KEYS[1], ARGV[5])
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[4]), -1)
+redis.call('HSET', KEYS[2], 'event_count', redis.call('LLEN', KEYS[1]))
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+"""
+
+# KEYS: index. ARGV: key prefix, oldest score kept, max traces. Atomic, so a trace that
+# another process writes at the same moment is never deleted as stale. (The per-trace
+# keys are derived here, so the store wants a standalone Redis, not a cluster.)
+_TRIM = """
+local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+local excess = redis.call('ZCARD', KEYS[1]) - #stale - tonumber(ARGV[3])
+if excess > 0 then
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[1], #stale, #stale + excess - 1)) do
+    table.insert(stale, id)
+  end
+end
+for _, id in ipairs(stale) do
+  redis.call('ZREM', KEYS[1], id)
+  local base = ARGV[1] .. ':t:' .. id .. ':'
+  redis.call('DEL', base .. 'spans', base .. 'events', base .. 'summary')
+end
+return #stale
 """
 
 _KINDS = {0: "INTERNAL", 1: "SERVER", 2: "CLIENT", 3: "PRODUCER", 4: "CONSUMER"}
@@ -136,11 +166,23 @@ class TraceStore:
     PAUSE_AFTER_FAILURE_S = 5.0
 
     def __init__(self, connection: redis.Redis, limits: StoreLimits | None = None) -> None:
-        self.redis = connection
         self.limits = limits or StoreLimits()
-        self._add_spans = connection.register_script(_ADD_SPANS)
+        self._connection = connection
+        self._pid = os.getpid()
         self._paused_until = 0.0
         self.skipped = 0
+
+    @property
+    def redis(self) -> redis.Redis:
+        """This process's client. A forked child gets a new pool instead of resetting the
+        inherited one: a span-export thread of the parent may have held that pool's lock
+        at the fork, and redis-py's reset would then wait for it forever."""
+        if self._pid != os.getpid():
+            pool = self._connection.connection_pool
+            fresh = type(pool)(connection_class=pool.connection_class, **pool.connection_kwargs)
+            self._connection = redis.Redis(connection_pool=fresh)
+            self._pid = os.getpid()
+        return self._connection
 
     @staticmethod
     def _key(trace_id: str, part: str) -> str:
@@ -177,7 +219,7 @@ class TraceStore:
                     self._key(trace_id, "summary"),
                     f"{_PREFIX}:index",
                 ]
-                self._add_spans(keys=keys, args=args, client=pipe)
+                pipe.eval(_ADD_SPANS, len(keys), *keys, *args)
             pipe.execute()
         self._trim()
 
@@ -193,48 +235,35 @@ class TraceStore:
 
     def _add_event(self, summary: Mapping[str, Any]) -> None:
         trace_id = str(summary["trace_id"])
-        events = self._key(trace_id, "events")
-        summary_key = self._key(trace_id, "summary")
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(events, json.dumps(summary, separators=(",", ":")))
-            pipe.ltrim(events, -self.limits.max_events_per_trace, -1)
-            pipe.hincrby(summary_key, "event_count", 1)
-            pipe.expire(events, self.limits.max_age_s)
-            pipe.expire(summary_key, self.limits.max_age_s)
-            pipe.zadd(f"{_PREFIX}:index", {trace_id: int(time.time() * 1000)})
-            pipe.execute()
+        keys = [self._key(trace_id, "events"), self._key(trace_id, "summary"), f"{_PREFIX}:index"]
+        args: list[str | int] = [
+            trace_id,
+            int(time.time() * 1000),
+            self.limits.max_age_s,
+            self.limits.max_events_per_trace,
+            json.dumps(summary, separators=(",", ":")),
+        ]
+        self.redis.eval(_ADD_EVENT, len(keys), *keys, *args)
         self._trim()
 
     def _trim(self) -> None:
-        index = f"{_PREFIX}:index"
         oldest_kept = int((time.time() - self.limits.max_age_s) * 1000)
-        stale = list(self.redis.zrangebyscore(index, "-inf", oldest_kept))
-        excess = self.redis.zcard(index) - len(stale) - self.limits.max_traces
-        if excess > 0:
-            stale += self.redis.zrange(index, len(stale), len(stale) + excess - 1)
-        if not stale:
-            return
-        with self.redis.pipeline(transaction=False) as pipe:
-            for raw in stale:
-                trace_id = raw.decode() if isinstance(raw, bytes) else str(raw)
-                pipe.zrem(index, trace_id)
-                for part in ("spans", "events", "summary"):
-                    pipe.delete(self._key(trace_id, part))
-            pipe.execute()
+        self.redis.eval(_TRIM, 1, f"{_PREFIX}:index", _PREFIX, oldest_kept, self.limits.max_traces)
 
     # -- reading ------------------------------------------------------------------
 
     def recent(self, limit: int = 50) -> list[dict[str, Any]]:
-        ids_ = [
-            raw.decode() if isinstance(raw, bytes) else str(raw)
-            for raw in self.redis.zrevrange(f"{_PREFIX}:index", 0, max(0, limit - 1))
-        ]
+        scored: list[tuple[bytes, float]] = self.redis.zrevrange(  # type: ignore[assignment]
+            f"{_PREFIX}:index", 0, max(0, limit - 1), withscores=True
+        )
+        ids_ = [raw.decode() for raw, _ in scored]
+        updated = [float(score) for _, score in scored]
         with self.redis.pipeline(transaction=False) as pipe:
             for trace_id in ids_:
                 pipe.hgetall(self._key(trace_id, "summary"))
             summaries = pipe.execute()
         traces = []
-        for trace_id, raw in zip(ids_, summaries, strict=True):
+        for trace_id, raw, updated_ms in zip(ids_, summaries, updated, strict=True):
             fields = {k.decode(): v.decode() for k, v in raw.items()}
             if not fields:
                 continue
@@ -251,6 +280,7 @@ class TraceStore:
                     "span_count": int(fields.get("span_count", 0)),
                     "error_count": int(fields.get("error_count", 0)),
                     "event_count": int(fields.get("event_count", 0)),
+                    "updated_ms": updated_ms,
                 }
             )
         return traces

@@ -20,7 +20,7 @@ from typing import TextIO
 from urllib.parse import urlsplit
 
 from gateway.embedded import EmbeddedRedis
-from gateway.settings import Settings
+from gateway.settings import Settings, configured
 
 __all__ = ["run_up"]
 
@@ -125,9 +125,13 @@ def _describe(settings: Settings, embedded: EmbeddedRedis | None, base: str, out
 
 def run_up(settings: Settings, environ: Mapping[str, str], out: TextIO = sys.stdout) -> int:
     env = dict(environ)
-    env.setdefault("TRACEGATE_DEMO_TASKS", "1")
-    # Spans reach the local trace store (and a collector) within a second, not five.
-    env.setdefault("OTEL_BSP_SCHEDULE_DELAY", "500")
+    given = configured(environ)  # the environment and the TOML file win over up's defaults
+    defaults = {
+        "TRACEGATE_DEMO_TASKS": "1",
+        # Spans reach the local trace store (and a collector) within a second, not five.
+        "OTEL_BSP_SCHEDULE_DELAY": "500",
+    }
+    env.update({k: v for k, v in defaults.items() if k not in given})
     stopping = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -153,8 +157,10 @@ def run_up(settings: Settings, environ: Mapping[str, str], out: TextIO = sys.std
             env,
         )
         worker_env = {**env}
-        worker_env.setdefault("OTEL_SERVICE_NAME", "tracegate-worker")
-        children.start("worker", [_tracegate(), "worker"], worker_env)
+        if "OTEL_SERVICE_NAME" not in given:
+            worker_env["OTEL_SERVICE_NAME"] = "tracegate-worker"
+        queues = [arg for name in settings.queues for arg in ("--queue", name)]
+        children.start("worker", [_tracegate(), "worker", *queues], worker_env)
         base = f"http://{host}:{port}"
         if not stopping and not _wait_ready(base, children):
             print(f"tracegate: the gateway did not become ready on {base}", file=sys.stderr)

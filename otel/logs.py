@@ -40,8 +40,10 @@ def _current() -> tuple[str, str, str]:
 
 
 def _ids(record: logging.LogRecord) -> tuple[str, str, str]:
-    """The record's trace ids: the filter's, the factory's, else the current ones."""
-    for names in (_FIELDS, _FACTORY_FIELDS):
+    """The record's trace ids: the factory's, the filter's, else the current ones.
+
+    The factory's come first: a `trace_id` on a record may be a user's own extra."""
+    for names in (_FACTORY_FIELDS, _FIELDS):
         if getattr(record, names[0], None) is not None:
             return tuple(str(getattr(record, n, "")) for n in names)  # type: ignore[return-value]
     return _current()
@@ -92,10 +94,13 @@ class JsonFormatter(logging.Formatter):
         }
         entry.update(zip(_FIELDS, trace_ids, strict=True))
         for key, value in record.__dict__.items():
-            if key in _STANDARD or key in entry or key in _FACTORY_FIELDS:
+            if key in _STANDARD or key in _FACTORY_FIELDS or key.startswith("_"):
                 continue
-            if not key.startswith("_"):
-                entry[key] = value if isinstance(value, (str, int, float, bool)) else str(value)
+            if key in entry:
+                if key in _FIELDS and value == entry[key]:
+                    continue  # the filter's copy of the same id
+                key = f"extra_{key}"  # a user's own field by one of our names: kept aside
+            entry[key] = value if isinstance(value, (str, int, float, bool)) else str(value)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, separators=(",", ":"))

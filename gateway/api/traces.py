@@ -6,6 +6,8 @@ server span of their own (see `Settings`), so looking at traces does not make mo
 
 from __future__ import annotations
 
+import re
+
 import flask
 import redis
 
@@ -30,7 +32,7 @@ def _store() -> TraceStore:
 @blueprint.get("/v1/traces")
 def recent() -> flask.Response:
     limit = flask.request.args.get("limit", "50")
-    if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+    if not re.fullmatch(r"[0-9]{1,4}", limit) or not 1 <= int(limit) <= 1000:
         raise ApiError(400, "invalid_arguments", "'limit' must be 1-1000")
     try:
         traces = _store().recent(int(limit))

@@ -8,6 +8,7 @@ Assertions are on what the OTLP receiver, the Sentry envelope receiver and Redis
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -70,16 +71,22 @@ def connection(redis_url: str) -> Iterator[redis.Redis]:
 
 
 def run_worker(env: dict[str, str], worker_class: str = "fork", timeout: float = 90) -> str:
-    result = subprocess.run(
+    process = subprocess.Popen(
         [TRACEGATE, "worker", "--burst", "--worker-class", worker_class],
         env=env,
         cwd=ROOT,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=timeout,
+        start_new_session=True,  # on a timeout its work horses go too
     )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"the worker did not finish within {timeout}s:\n{output[-3000:]}")
+    assert process.returncode == 0, output
     return output
 
 

@@ -56,6 +56,8 @@ def test_installed_factory_leaves_users_extra_trace_id_alone() -> None:
         inside = make("x", logging.INFO, "", 0, "m", None, None)
     outside = make("x", logging.INFO, "", 0, "m", None, None)
     (line,) = (json.loads(line) for line in stream.getvalue().splitlines())
-    assert line["trace_id"] == "their-own-id"
-    assert inside.otel_trace_id == f"{span.get_span_context().trace_id:032x}"
+    trace_id = f"{span.get_span_context().trace_id:032x}"
+    assert line["trace_id"] == trace_id and line["span_id"]  # the real ids win
+    assert line["extra_trace_id"] == "their-own-id"  # and theirs is kept
+    assert inside.otel_trace_id == trace_id
     assert outside.otel_trace_id == ""
