@@ -5,12 +5,12 @@ from __future__ import annotations
 import flask
 
 import otel
-from gateway import web
-from gateway.api import demo, health, jobs, traces
+from gateway import metrics, web
+from gateway.api import demo, health, jobs, proxy, traces
 from gateway.errors import register_errors
 from gateway.logconfig import log_requests
 from gateway.settings import Settings
-from gateway.telemetry import connect, start_telemetry
+from gateway.telemetry import connect, counter_board, start_telemetry
 
 __all__ = ["create_app"]
 
@@ -30,10 +30,13 @@ def create_app(settings: Settings | None = None) -> flask.Flask:
     register_errors(app)
     app.extensions["tracegate.tasks"] = settings.registry()
     app.extensions["tracegate.redis"] = connection
+    app.extensions["tracegate.counters"] = counter_board(settings, telemetry)
     if store is not None:
         app.extensions["tracegate.store"] = store
     app.register_blueprint(health.blueprint)
+    app.register_blueprint(metrics.blueprint)
     app.register_blueprint(jobs.blueprint)
+    app.register_blueprint(proxy.blueprint)
     app.register_blueprint(traces.blueprint)
     app.register_blueprint(web.blueprint)
     if settings.demo_routes:

@@ -5,17 +5,33 @@ from __future__ import annotations
 from typing import Any
 
 import redis
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 import otel
+from gateway.metrics import CounterBoard
 from gateway.settings import Settings
 from gateway.store import StoreExporter, TraceStore, event_summary
+from otel.counters import Counters
+from otel.provider import CountingBatchSpanProcessor
 
-__all__ = ["connect", "start_telemetry"]
+__all__ = ["connect", "counter_board", "start_telemetry"]
 
 
 def connect(settings: Settings) -> redis.Redis:
     return redis.Redis.from_url(settings.redis, socket_connect_timeout=2.0, socket_timeout=5.0)
+
+
+def counter_board(settings: Settings, telemetry: otel.Telemetry) -> CounterBoard:
+    """This process's counters, published through Redis when `REDIS_URL` names one
+    (see `gateway.metrics`); without it, `/metrics` shows this process only."""
+    connection = None
+    if settings.redis_url:
+        # Short timeouts: a scrape or the publishing thread must not hang on a dead Redis.
+        connection = redis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=0.25, socket_timeout=1.0
+        )
+    board = CounterBoard(connection, telemetry.counters, telemetry.config.service_name)
+    board.start()
+    return board
 
 
 def start_telemetry(settings: Settings) -> tuple[otel.Telemetry, TraceStore | None]:
@@ -34,9 +50,11 @@ def start_telemetry(settings: Settings) -> tuple[otel.Telemetry, TraceStore | No
         if summary is not None:
             store.add_event(summary)
 
+    counters = Counters()
     telemetry = otel.setup(
         settings.telemetry,
-        processors=[BatchSpanProcessor(StoreExporter(store))],
+        processors=[CountingBatchSpanProcessor(StoreExporter(store), counters, "store")],
         event_sink=keep_event,
+        counters=counters,
     )
     return telemetry, store

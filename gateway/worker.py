@@ -16,7 +16,7 @@ from rq.worker import BaseWorker
 
 import otel
 from gateway.settings import Settings
-from gateway.telemetry import connect, start_telemetry
+from gateway.telemetry import connect, counter_board, start_telemetry
 from otel.rq import (
     TracedJob,
     TracedQueue,
@@ -78,6 +78,7 @@ def run_worker(
 ) -> int:
     connection = connect(settings)
     telemetry, _ = start_telemetry(settings)
+    counter_board(settings, telemetry)  # what it and its work horses lose, on /metrics
     worker = load_worker_class(worker_class)(
         [TracedQueue(name, connection=connection) for name in queues],
         connection=connection,

@@ -57,6 +57,7 @@ def instrument_flask(app: flask.Flask, telemetry: Telemetry | None = None) -> fl
         trace_id_format=config.trace_id_format,
         cors_origins=config.cors_origins,
         excluded_urls=config.excluded_urls,
+        inbound_sampled_from=config.inbound_sampled_from,
     )
 
 

@@ -9,6 +9,7 @@ once in a `ConfigError` instead of stopping at the first.
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -50,6 +51,9 @@ class TelemetryConfig:
     # Whether an inbound sampled flag (traceparent, sentry-trace) is obeyed. Off at an
     # edge facing untrusted callers, so nobody can force 100% sampling.
     honour_inbound_sampled: bool = True
+    # When set (CIDR networks), the flag is honoured only from requests whose peer
+    # address (REMOTE_ADDR) is in one of them; from anywhere else it is ignored.
+    inbound_sampled_from: tuple[str, ...] = ()
     # OTEL_EXPORTER_OTLP_ENDPOINT (a base URL) and OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (used as is).
     otlp_endpoint: str = ""
     otlp_traces_endpoint: str = ""
@@ -155,6 +159,16 @@ class TelemetryConfig:
                 f"OTEL_PROPAGATORS: {', '.join(missing)} not installed "
                 "(install the package or remove the name)"
             )
+        for network in self.inbound_sampled_from:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                found.append(f"TRACEGATE_INBOUND_SAMPLED_FROM: {network!r} is not a network")
+        if self.inbound_sampled_from and not self.honour_inbound_sampled:
+            found.append(
+                "TRACEGATE_INBOUND_SAMPLED_FROM: only with TRACEGATE_INBOUND_SAMPLED=honour "
+                "(ignore already ignores every caller's flag)"
+            )
         if self.trace_id_format not in ("uuid", "hex"):
             found.append(f"TRACEGATE_TRACE_ID_FORMAT: {self.trace_id_format!r} is not uuid or hex")
         for name, value in (
@@ -188,6 +202,7 @@ class TelemetryConfig:
                 "TRACEGATE_INBOUND_SAMPLED", ("honour", "ignore"), "honour"
             )
             == "honour",
+            inbound_sampled_from=reader.words("TRACEGATE_INBOUND_SAMPLED_FROM"),
             otlp_endpoint=environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip(),
             otlp_traces_endpoint=environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip(),
             otlp_protocol=(

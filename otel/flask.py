@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Any
 
 import flask
@@ -25,6 +26,7 @@ from opentelemetry import trace
 from opentelemetry.instrumentation.flask import FlaskInstrumentor
 
 from otel import ids
+from otel.provider import trust_inbound, untrust_reset
 from otel.sentry import open_unit, pin, unpin
 
 __all__ = ["ALLOW_HEADERS", "EXPOSE_HEADERS", "FlaskTracing", "instrument_flask"]
@@ -40,6 +42,8 @@ class FlaskTracing:
     trace_id_format: str
     cors_origins: tuple[str, ...]
     excluded_urls: str
+    # Networks whose callers may decide sampling; empty: the configuration decides.
+    sampled_from: tuple[IPv4Network | IPv6Network, ...] = ()
 
 
 def instrument_flask(
@@ -49,11 +53,18 @@ def instrument_flask(
     trace_id_format: str = "uuid",
     cors_origins: Iterable[str] = (),
     excluded_urls: str = "",
+    inbound_sampled_from: Iterable[str] = (),
 ) -> flask.Flask:
-    """Instrument `app` once; a second call is a no-op."""
+    """Instrument `app` once; a second call is a no-op.
+
+    With `inbound_sampled_from` (CIDR networks), an inbound sampled flag is obeyed
+    only from a peer address in one of them; other callers' traces are continued
+    but sampled by the configured sampler.
+    """
     if "tracegate" in app.extensions:
         return app
-    state = FlaskTracing(trace_id_format, tuple(cors_origins), excluded_urls)
+    networks = tuple(ip_network(n, strict=False) for n in inbound_sampled_from)
+    state = FlaskTracing(trace_id_format, tuple(cors_origins), excluded_urls, networks)
     app.extensions["tracegate"] = state
     FlaskInstrumentor.instrument_app(
         app,
@@ -62,7 +73,7 @@ def instrument_flask(
         request_hook=_pin_request,
         enable_commenter=False,
     )
-    app.wsgi_app = _Unpinning(app.wsgi_app)  # type: ignore[method-assign]
+    app.wsgi_app = _Unpinning(app.wsgi_app, networks)  # type: ignore[method-assign]
     app.after_request(lambda response: _add_headers(state, response))
     return app
 
@@ -75,17 +86,37 @@ def _pin_request(span: trace.Span, environ: dict[str, Any]) -> None:
 
 
 class _Unpinning:
-    """Outermost WSGI layer: whatever a request pinned is gone when it returns."""
+    """Outermost WSGI layer: whatever a request pinned is gone when it returns; and,
+    before the server span is sampled, whether its caller may decide sampling."""
 
-    def __init__(self, wsgi_app: Callable[..., Any]) -> None:
+    def __init__(
+        self,
+        wsgi_app: Callable[..., Any],
+        sampled_from: tuple[IPv4Network | IPv6Network, ...] = (),
+    ) -> None:
         self.wsgi_app = wsgi_app
+        self.sampled_from = sampled_from
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         token = open_unit()
+        trust = trust_inbound(_trusted(environ, self.sampled_from)) if self.sampled_from else None
         try:
             return self.wsgi_app(environ, start_response)
         finally:
+            if trust is not None:
+                untrust_reset(trust)
             unpin(token)
+
+
+def _trusted(environ: dict[str, Any], networks: tuple[IPv4Network | IPv6Network, ...]) -> bool:
+    # The peer itself, never X-Forwarded-For: a header is what an untrusted caller sets.
+    try:
+        address = ip_address(str(environ.get("REMOTE_ADDR", "")).split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
 
 
 def _add_headers(state: FlaskTracing, response: flask.Response) -> flask.Response:

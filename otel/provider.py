@@ -8,16 +8,18 @@ SDK's own `force_flush` does not (it ignores its timeout).
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
@@ -30,28 +32,50 @@ from opentelemetry.trace import Link, SpanKind
 from opentelemetry.util.types import Attributes
 
 from otel.config import TelemetryConfig
+from otel.counters import Counters
 from otel.handoff import HandoffProcessor
 from otel.propagation import DEFERRED_SAMPLING_KEY, AdoptingIdGenerator
 
 __all__ = [
+    "CountingBatchSpanProcessor",
     "RatioSampler",
     "TracegateSampler",
     "build_exporter",
     "build_provider",
     "build_sampler",
     "flush",
+    "trust_inbound",
+    "untrust_reset",
     "within",
 ]
 
 logger = logging.getLogger(__name__)
 
 
+# Whether the caller of the current request may decide sampling; None: the
+# configuration says (set per request by `otel.flask` from the peer's address).
+_inbound_trusted: contextvars.ContextVar[bool | None] = contextvars.ContextVar(
+    "tracegate_inbound_trusted", default=None
+)
+
+
+def trust_inbound(trusted: bool | None) -> contextvars.Token[bool | None]:
+    """Say whether the current request's caller may decide sampling (reset with the token)."""
+    return _inbound_trusted.set(trusted)
+
+
+def untrust_reset(token: contextvars.Token[bool | None]) -> None:
+    _inbound_trusted.reset(token)
+
+
 class TracegateSampler(Sampler):
     """One head decision: parent-based, with two exceptions for remote parents.
 
-    A remote parent's flag is not obeyed when the configuration says inbound flags are
-    untrusted, nor when the parent deferred the decision (a `sentry-trace` without a
-    flag); then the root sampler decides, on the trace id, as every service would.
+    A remote parent's flag is not obeyed when its caller is untrusted (the
+    configuration, or the current request's peer address, says so), nor when the
+    parent deferred the decision (a `sentry-trace` without a flag); then the root
+    sampler decides, on the trace id, as every service would. The trace continues
+    either way: only who decides changes.
     """
 
     def __init__(self, root: Sampler, *, parent_based: bool, honour_inbound: bool) -> None:
@@ -72,9 +96,10 @@ class TracegateSampler(Sampler):
         sampler = self._root
         if self._parent_based is not None:
             parent = trace.get_current_span(parent_context).get_span_context()
+            trusted = _inbound_trusted.get()
+            honour = self._honour_inbound if trusted is None else trusted
             remote_undecided = parent.is_remote and (
-                not self._honour_inbound
-                or otel_context.get_value(DEFERRED_SAMPLING_KEY, parent_context)
+                not honour or otel_context.get_value(DEFERRED_SAMPLING_KEY, parent_context)
             )
             if parent.is_valid and not remote_undecided:
                 sampler = self._parent_based
@@ -180,8 +205,65 @@ def build_exporter(config: TelemetryConfig) -> SpanExporter | None:
     )
 
 
+class CountingBatchSpanProcessor(BatchSpanProcessor):
+    """The SDK's batch processor, counting the spans it loses.
+
+    The SDK drops the oldest span when its queue is full and gives up a batch when an
+    export fails for good, logging at most; here both land in `spans_dropped`.
+    """
+
+    def __init__(
+        self, exporter: SpanExporter, counters: Counters, name: str, **options: Any
+    ) -> None:
+        super().__init__(_CountingExporter(exporter, counters, name), **options)
+        self._counters = counters
+        self._name = name
+
+    def on_end(self, span: ReadableSpan) -> None:
+        # The queue is a bounded deque: appending to a full one pushes the oldest out.
+        queue = getattr(getattr(self, "_batch_processor", None), "_queue", None)
+        if (
+            span.context is not None
+            and span.context.trace_flags.sampled
+            and queue is not None
+            and queue.maxlen is not None
+            and len(queue) >= queue.maxlen
+        ):
+            self._counters.add("spans_dropped", exporter=self._name, reason="queue_full")
+        super().on_end(span)
+
+
+class _CountingExporter(SpanExporter):
+    def __init__(self, exporter: SpanExporter, counters: Counters, name: str) -> None:
+        self.exporter = exporter
+        self._counters = counters
+        self._name = name
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self.exporter.export(spans)
+        except Exception:
+            self._counters.add(
+                "spans_dropped", len(spans), exporter=self._name, reason="export_failed"
+            )
+            raise
+        if result is not SpanExportResult.SUCCESS:
+            self._counters.add(
+                "spans_dropped", len(spans), exporter=self._name, reason="export_failed"
+            )
+        return result
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.exporter.force_flush(timeout_millis)
+
+
 def build_provider(
-    config: TelemetryConfig, processors: list[SpanProcessor] | None = None
+    config: TelemetryConfig,
+    processors: list[SpanProcessor] | None = None,
+    counters: Counters | None = None,
 ) -> tuple[TracerProvider, HandoffProcessor]:
     """The provider, and the processor that can hand a work horse's spans over."""
     # process.pid tells gunicorn workers and RQ work horses apart; built after any fork.
@@ -203,14 +285,16 @@ def build_provider(
     chain: list[SpanProcessor] = []
     exporter = build_exporter(config)
     if exporter is not None:
-        chain.append(BatchSpanProcessor(exporter))
+        chain.append(CountingBatchSpanProcessor(exporter, counters or Counters(), "otlp"))
     chain.extend(processors or ())
     handoff = HandoffProcessor(chain)
     provider.add_span_processor(handoff)
     return provider, handoff
 
 
-def flush(provider: trace.TracerProvider, timeout_s: float) -> bool:
+def flush(
+    provider: trace.TracerProvider, timeout_s: float, counters: Counters | None = None
+) -> bool:
     """Export what is pending, waiting at most `timeout_s`; True when it finished.
 
     The SDK's `force_flush` blocks until its exporter gives up (retries included): it
@@ -219,10 +303,12 @@ def flush(provider: trace.TracerProvider, timeout_s: float) -> bool:
     force_flush = getattr(provider, "force_flush", None)
     if force_flush is None:
         return True
-    return within(timeout_s, "span flush", lambda: force_flush(int(timeout_s * 1000)))
+    return within(timeout_s, "span flush", lambda: force_flush(int(timeout_s * 1000)), counters)
 
 
-def within(timeout_s: float, what: str, work: Callable[[], object]) -> bool:
+def within(
+    timeout_s: float, what: str, work: Callable[[], object], counters: Counters | None = None
+) -> bool:
     """Run `work` in a daemon thread and wait at most `timeout_s` for it."""
     done = threading.Event()
 
@@ -238,4 +324,6 @@ def within(timeout_s: float, what: str, work: Callable[[], object]) -> bool:
     finished = done.wait(timeout_s)
     if not finished:
         logger.warning("tracegate: %s did not finish within %.2fs", what, timeout_s)
+        if counters is not None:
+            counters.add("flush_deadline_missed", what=what)
     return finished

@@ -297,14 +297,19 @@ class _TracedWorkerMixin:
         return f"tracegate:handoff:{self.name}"
 
     def _take_over_spans(self) -> None:
+        """Take what the work horse handed over: its spans, and what it counted as lost."""
         handoff = self._telemetry.handoff
-        if handoff is None:
-            return
+        counted = self._handoff_key() + ":counters"
         try:
             with self.connection.pipeline(transaction=True) as pipe:
                 pipe.lrange(self._handoff_key(), 0, -1)
-                pipe.delete(self._handoff_key())
-                payloads, _ = pipe.execute()
+                pipe.lrange(counted, 0, -1)
+                pipe.delete(self._handoff_key(), counted)
+                payloads, counts, _ = pipe.execute()
+            for count in counts:
+                self._telemetry.counters.load(count)
+            if handoff is None:
+                return
             for payload in payloads:
                 token = open_unit()
                 try:
@@ -351,9 +356,30 @@ class _TracedWorkerMixin:
             unpin(token)
             # os._exit follows in a work horse: nothing buffered survives it.
             if handing_off:
-                within(telemetry.config.rq_flush_timeout_s, "span handoff", self._hand_over_spans)
+                within(
+                    telemetry.config.rq_flush_timeout_s,
+                    "span handoff",
+                    self._hand_over_spans,
+                    telemetry.counters,
+                )
             elif in_horse:
                 telemetry.flush(telemetry.config.rq_flush_timeout_s)
+            if in_horse:
+                self._hand_over_counters()
+
+    def _hand_over_counters(self) -> None:
+        """In the work horse: what it lost (rare) goes to the worker, which reports it."""
+        payload = self._telemetry.counters.dump()
+        if payload is None:
+            return
+        key = self._handoff_key() + ":counters"
+        try:
+            with self.connection.pipeline(transaction=True) as pipe:
+                pipe.rpush(key, payload)
+                pipe.expire(key, 3600)
+                pipe.execute()
+        except Exception:
+            logger.exception("tracegate: could not hand the work horse's counters over")
 
     def _start_consumer(
         self, job: Job, queue_name: str, start_time: int | None = None

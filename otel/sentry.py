@@ -39,9 +39,10 @@ from sentry_sdk.scope import add_global_event_processor
 
 from otel import ids
 from otel.config import TelemetryConfig
+from otel.counters import Counters
 from otel.propagation import TracegatePropagator
 from otel.semconv import sentry_op, sentry_status, span_description
-from otel.transport import EventSink, sentry_transport
+from otel.transport import EventSink, count_losses, sentry_transport
 
 __all__ = [
     "Pin",
@@ -437,7 +438,10 @@ def _external_context() -> tuple[str, str] | None:
 
 
 def init_sentry(
-    config: TelemetryConfig, bridge: SentryBridge, event_sink: EventSink | None = None
+    config: TelemetryConfig,
+    bridge: SentryBridge,
+    event_sink: EventSink | None = None,
+    counters: Counters | None = None,
 ) -> bool:
     """Start sentry-sdk with the bridge.
 
@@ -467,6 +471,8 @@ def init_sentry(
     # logs, not in Sentry as events of the application: that way lies a feedback loop.
     for name in ("opentelemetry.*", "otel", "otel.*"):
         ignore_logger(name)
+    if counters is not None:
+        count_losses(sentry_sdk.get_client().transport, counters)
     # Logs, check-ins and metrics that sentry-sdk sends outside events use OTel's ids too.
     try:
         from sentry_sdk.scope import register_external_propagation_context

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,11 +26,12 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from sentry_sdk.transport import make_transport
 
 from otel.config import TelemetryConfig
+from otel.counters import Counters
 from otel.handoff import HandoffProcessor
 from otel.propagation import DscDefaults, TracegatePropagator, compose
 from otel.provider import build_provider, flush, sample_rate, within
 from otel.sentry import SentryBridge, init_sentry
-from otel.transport import EventSink
+from otel.transport import EventSink, count_losses
 
 __all__ = ["Telemetry", "active", "setup"]
 
@@ -50,6 +51,8 @@ class Telemetry:
     # Hands a forked work horse's spans to its parent (None with the SDK disabled, or
     # when TRACEGATE_RQ_EXPORT=flush makes each work horse export its own).
     handoff: HandoffProcessor | None = None
+    # What this process's telemetry lost or refused (see `otel.counters`).
+    counters: Counters = field(default_factory=Counters)
     _events_at_fork: int = -1
 
     @property
@@ -72,12 +75,18 @@ class Telemetry:
         deadline = time.monotonic() + budget
         ok = True
         if spans and self.provider is not None:
-            ok = flush(self.provider, budget)
+            ok = flush(self.provider, budget, self.counters)
         client = sentry_sdk.get_client()
         bridge = self.bridge
         if bridge is not None and client.is_active() and bridge.events_seen != self._events_at_fork:
             remaining = max(0.0, deadline - time.monotonic())
+            started = time.monotonic()
             client.flush(timeout=remaining)
+            # sentry-sdk's flush returns as soon as its queue is empty, else at the
+            # deadline (the events left are lost when the process exits).
+            if remaining > 0.001 and time.monotonic() - started >= remaining * 0.95:
+                self.counters.add("flush_deadline_missed", what="sentry flush")
+                ok = False
         return ok
 
     def after_fork(self) -> None:
@@ -88,6 +97,7 @@ class Telemetry:
         forever, and every flush there waits for it until its deadline. A new
         transport (about 0.1 ms) starts clean; the parent's is untouched.
         """
+        self.counters.reset()  # the parent's counts are the parent's to report
         if self.bridge is None:
             return
         self._events_at_fork = self.bridge.events_seen
@@ -96,6 +106,7 @@ class Telemetry:
             return
         try:
             client.transport = make_transport(client.options)
+            count_losses(client.transport, self.counters)
         except Exception:  # telemetry never breaks a job
             logger.exception("tracegate: could not renew the Sentry transport after fork")
 
@@ -107,7 +118,12 @@ class Telemetry:
         self.flush(budget)
         provider = self.provider
         if provider is not None:
-            within(max(0.0, deadline - time.monotonic()), "provider shutdown", provider.shutdown)
+            within(
+                max(0.0, deadline - time.monotonic()),
+                "provider shutdown",
+                provider.shutdown,
+                self.counters,
+            )
         if self.bridge is not None:
             sentry_sdk.get_client().close(timeout=0)
         with _lock:
@@ -125,6 +141,7 @@ def setup(
     environ: Mapping[str, str] | None = None,
     processors: Sequence[SpanProcessor] = (),
     event_sink: EventSink | None = None,
+    counters: Counters | None = None,
     **overrides: Any,
 ) -> Telemetry:
     """Set up OpenTelemetry and Sentry for this process, or return what is set up.
@@ -132,7 +149,9 @@ def setup(
     `config` defaults to `TelemetryConfig.from_env(environ or os.environ)`; keyword
     overrides name `TelemetryConfig` fields (`service_name="api"`, `sentry_dsn=""`).
     `processors` are added after the OTLP export (a work horse hands them its spans
-    too); `event_sink` receives every Sentry error and message event, DSN or not.
+    too); `event_sink` receives every Sentry error and message event, DSN or not;
+    `counters` is where losses are counted (a new `Counters` by default), for callers
+    whose own processors count into the same place.
     """
     global _active
     with _lock:
@@ -144,6 +163,7 @@ def setup(
             config = TelemetryConfig.from_env(os.environ if environ is None else environ)
         if overrides:
             config = config.with_overrides(**overrides)
+        counters = counters if counters is not None else Counters()
         propagator = TracegatePropagator(
             DscDefaults(
                 public_key=urlsplit(config.sentry_dsn).username or "",
@@ -160,15 +180,15 @@ def setup(
         bridge = None
         if config.sentry_dsn or config.sentry_spotlight or event_sink is not None:
             bridge = SentryBridge(config, propagator)
-            init_sentry(config, bridge, event_sink)
+            init_sentry(config, bridge, event_sink, counters)
         provider = handoff = None
         if not config.sdk_disabled:
             chain = [*processors, *([bridge] if bridge is not None else [])]
-            provider, handoff = build_provider(config, chain)
+            provider, handoff = build_provider(config, chain, counters)
             _set_global_provider(provider)
         if config.rq_export != "handoff":
             handoff = None
-        _active = Telemetry(config, provider, propagator, bridge, handoff)
+        _active = Telemetry(config, provider, propagator, bridge, handoff, counters)
         _register_exit_hook()
         return _active
 

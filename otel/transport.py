@@ -12,10 +12,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from sentry_sdk.envelope import Envelope
+from sentry_sdk.envelope import Envelope, Item
 from sentry_sdk.transport import HttpTransport, Transport
 
-__all__ = ["EventSink", "sentry_transport"]
+from otel.counters import Counters
+
+__all__ = ["EventSink", "count_losses", "sentry_transport"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,3 +68,44 @@ def sentry_transport(sink: EventSink, dsn: str) -> type[Transport] | Transport:
     if dsn:
         return TeeTransport
     return TeeTransport({"dsn": None})
+
+
+# What `events_dropped` counts: the events a user would look for in Sentry.
+_EVENT_CATEGORIES = ("error", "transaction", "default")
+
+
+def count_losses(transport: Transport | None, counters: Counters) -> None:
+    """Count the events `transport` gives up on into `events_dropped`.
+
+    sentry-sdk reports each lost envelope item through `record_lost_event` (queue
+    full, network error, 5xx, rate-limit back-off); a 429 is only passed to
+    `on_dropped_event`, since Sentry itself records that outcome.
+    """
+    if transport is None or getattr(transport, "_tracegate_counted", False):
+        return
+    inner = getattr(transport, "_http", None)  # a TeeTransport counts through its HTTP one
+    target = inner if isinstance(inner, Transport) else transport
+    record_lost_event = target.record_lost_event
+    on_dropped_event = getattr(target, "on_dropped_event", None)
+
+    def counting_record(
+        reason: str,
+        data_category: Any = None,
+        item: Item | None = None,
+        *,
+        quantity: int = 1,
+    ) -> None:
+        category = item.data_category if item is not None else data_category
+        if category in _EVENT_CATEGORIES:
+            counters.add("events_dropped", 1 if item is not None else quantity, reason=reason)
+        record_lost_event(reason, data_category, item, quantity=quantity)
+
+    def counting_dropped(reason: str) -> None:
+        if reason == "status_429":
+            counters.add("events_dropped", reason="rate_limited")
+        if on_dropped_event is not None:
+            on_dropped_event(reason)
+
+    target.record_lost_event = counting_record  # type: ignore[method-assign]
+    target.on_dropped_event = counting_dropped  # type: ignore[attr-defined]
+    transport._tracegate_counted = True  # type: ignore[attr-defined]

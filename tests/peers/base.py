@@ -127,10 +127,50 @@ Handler = Callable[[str, dict[str, str], bytes], tuple[int, str, bytes]]
 """(path, lower-cased headers, raw body) -> (status, content type, response body)."""
 
 
+class Faults:
+    """What a peer does with the requests it gets: answer, fail with a status, or hang.
+
+    Wraps a peer's handler (``EnvelopeReceiver(faults=...)``, ``OTLPReceiver(faults=...)``)
+    so a test can take a real receiver down and bring it back while the client keeps
+    running: ``fail(503)``, ``fail(429, {"Retry-After": "1"})``, ``hang()``, ``heal()``.
+    """
+
+    def __init__(self) -> None:
+        self.mode = "ok"
+        self.status = 503
+        self.headers: dict[str, str] = {}
+        self.requests = 0
+        self._released = threading.Event()
+        self._released.set()
+
+    def fail(self, status: int, headers: dict[str, str] | None = None) -> None:
+        self.status, self.headers, self.mode = status, dict(headers or {}), "fail"
+
+    def hang(self) -> None:
+        self._released.clear()
+        self.mode = "hang"
+
+    def heal(self) -> None:
+        """Answer normally again; requests left hanging are answered now."""
+        self.mode = "ok"
+        self._released.set()
+
+    def wrap(self, handle: Handler) -> Callable[..., tuple[Any, ...]]:
+        def handler(path: str, headers: dict[str, str], body: bytes) -> tuple[Any, ...]:
+            self.requests += 1
+            if self.mode == "hang":
+                self._released.wait(120)
+            if self.mode == "fail":
+                return self.status, "text/plain", b"fault injected", self.headers
+            return handle(path, headers, body)
+
+        return handler
+
+
 class LoopbackHTTPServer:
     """A threaded ``http.server`` on 127.0.0.1 and an OS-chosen port that answers POSTs."""
 
-    def __init__(self, name: str, handle_post: Handler) -> None:
+    def __init__(self, name: str, handle_post: Callable[..., tuple[Any, ...]]) -> None:
         self._name = name
         self._handle_post = handle_post
         self._server: ThreadingHTTPServer | None = None
@@ -168,7 +208,9 @@ class LoopbackHTTPServer:
             thread.join(timeout=5)
 
 
-def _make_handler(name: str, handle_post: Handler) -> type[BaseHTTPRequestHandler]:
+def _make_handler(
+    name: str, handle_post: Callable[..., tuple[Any, ...]]
+) -> type[BaseHTTPRequestHandler]:
     class _Handler(BaseHTTPRequestHandler):
         server_version = f"tracegate-{name}"
 
@@ -177,11 +219,15 @@ def _make_handler(name: str, handle_post: Handler) -> type[BaseHTTPRequestHandle
             body = self.rfile.read(length)
             headers = {key.lower(): value for key, value in self.headers.items()}
             path = self.path.split("?", 1)[0]
+            extra: dict[str, str] = {}
             try:
-                status, content_type, payload = handle_post(path, headers, body)
+                status, content_type, payload, *rest = handle_post(path, headers, body)
+                extra = rest[0] if rest else {}
             except ValueError as exc:  # undecodable body: tell the client, keep serving
                 status, content_type, payload = 400, "text/plain", str(exc).encode()
             self.send_response(status)
+            for name, value in extra.items():
+                self.send_header(name, value)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()

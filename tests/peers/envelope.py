@@ -25,6 +25,7 @@ from typing import Any
 
 from .base import (
     Collector,
+    Faults,
     LoopbackHTTPServer,
     PeerContext,
     decode_body,
@@ -250,11 +251,14 @@ _PATH = re.compile(r"^/api/(?P<project>[^/]+)/(?P<kind>envelope|store)/?$")
 class EnvelopeReceiver(EnvelopeInbox, PeerContext):
     """A local stand-in for Sentry's ingest endpoint: point a DSN at ``.dsn``."""
 
-    def __init__(self, project_id: int = 42, public_key: str = "public") -> None:
+    def __init__(
+        self, project_id: int = 42, public_key: str = "public", faults: Faults | None = None
+    ) -> None:
         super().__init__()
         self.project_id = project_id
         self.public_key = public_key
-        self._http = LoopbackHTTPServer("sentry-envelopes", self._handle)
+        handle = faults.wrap(self._handle) if faults is not None else self._handle
+        self._http = LoopbackHTTPServer("sentry-envelopes", handle)
 
     @property
     def port(self) -> int:

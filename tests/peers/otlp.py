@@ -14,7 +14,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from .base import LoopbackHTTPServer, PeerContext, decode_body
+from .base import Faults, LoopbackHTTPServer, PeerContext, decode_body
 from .spans import SpanInbox, spans_from_request
 
 PROTOBUF = "application/x-protobuf"
@@ -25,9 +25,10 @@ class OTLPReceiver(SpanInbox, PeerContext):
     """Point ``OTEL_EXPORTER_OTLP_ENDPOINT`` at ``.endpoint`` (or an exporter at
     ``.traces_endpoint``) and read what arrived from ``.spans``."""
 
-    def __init__(self) -> None:
+    def __init__(self, faults: Faults | None = None) -> None:
         super().__init__()
-        self._http = LoopbackHTTPServer("otlp", self._handle)
+        handle = faults.wrap(self._handle) if faults is not None else self._handle
+        self._http = LoopbackHTTPServer("otlp", handle)
 
     @property
     def port(self) -> int:
