@@ -32,7 +32,7 @@ test: lint test-rq2
 	$(BIN)/pytest
 
 test-rq2: $(STAMP_RQ2)
-	$(VENV_RQ2)/bin/pytest -q tests/integration/test_rq.py
+	$(VENV_RQ2)/bin/pytest -q tests/integration/test_rq.py tests/integration/test_rq_faults.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -41,6 +41,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from rq import Queue, SimpleWorker, Worker
+from rq.exceptions import AbandonedJobError
 from rq.job import Job, JobStatus
 from rq.version import VERSION as rq_version
 from sentry_sdk.utils import event_from_exception
@@ -269,6 +270,24 @@ class _TracedWorkerMixin:
         from sentry_sdk.integrations.logging import ignore_logger
 
         ignore_logger("rq.worker")
+        # A job whose worker died with it (SIGKILL of the whole worker, a lost host) is
+        # found abandoned by the next worker's registry maintenance, which tells the
+        # exception handlers: the job's stored carrier still knows its trace.
+        self.push_exc_handler(self._report_abandoned)  # type: ignore[attr-defined]
+
+    def _report_abandoned(self, job: Job, exc_type: Any, *rest: Any) -> None:
+        if not (isinstance(exc_type, type) and issubclass(exc_type, AbandonedJobError)):
+            return  # other failures are reported by handle_exception
+        if self._span is not None:
+            return
+        try:
+            self._report_lost(
+                job,
+                "AbandonedJob",
+                f"the job's worker died while it ran; found abandoned by {self.name}",
+            )
+        except Exception:
+            logger.exception("tracegate: could not report abandoned job %s", job.id)
 
     def register_birth(self, *args: Any, **kwargs: Any) -> Any:
         result = super().register_birth(*args, **kwargs)  # type: ignore[misc]
@@ -532,6 +551,10 @@ class _TracedWorkerMixin:
             signum = os.WTERMSIG(ret_val) if os.WIFSIGNALED(ret_val) else None
             name = signal.Signals(signum).name if signum else f"status {ret_val}"
             kind, message = "WorkHorseKilled", f"the work horse died ({name})"
+        self._report_lost(job, kind, message)
+
+    def _report_lost(self, job: Job, kind: str, message: str) -> None:
+        """A consumer span from the job's start, failed with `kind`, and its report."""
         started = _as_utc(job.started_at)
         start_ns = int(started.timestamp() * 1e9) if started else None
         outer = self._span  # rq 2.x SpawnWorker: the parent already traces the horse

@@ -48,3 +48,19 @@ def gateways(base_env: dict[str, str]) -> Iterator[GatewayFactory]:
     finally:
         for gateway in started:
             gateway.telemetry.shutdown(timeout_s=2.0)
+
+
+def kill_session(session_id: int) -> None:
+    """SIGKILL every process of a session: a worker started with `start_new_session`
+    and its work horses, which rq puts in process groups of their own."""
+    import os
+    import signal
+
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.getsid(int(entry)) == session_id:
+                os.kill(int(entry), signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            continue

@@ -8,7 +8,6 @@ Assertions are on what the OTLP receiver, the Sentry envelope receiver and Redis
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from rq.job import Job
 from rq.version import VERSION as rq_version
 
 from otel.rq import CARRIER_KEY, TracedJob, TracedQueue, attempts
-from tests.harness import Gateway, gateways
+from tests.harness import Gateway, gateways, kill_session
 from tests.peers.envelope import EnvelopeReceiver
 from tests.peers.otlp import OTLPReceiver
 from tests.peers.spans import ReceivedSpan
@@ -83,7 +82,7 @@ def run_worker(env: dict[str, str], worker_class: str = "fork", timeout: float =
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        kill_session(process.pid)
         output, _ = process.communicate()
         pytest.fail(f"the worker did not finish within {timeout}s:\n{output[-3000:]}")
     assert process.returncode == 0, output

@@ -36,3 +36,15 @@ def current_baggage() -> dict[str, str]:
     from opentelemetry import baggage
 
     return {k: str(v) for k, v in baggage.get_all().items() if not k.startswith("sentry-")}
+
+
+def slow_first_attempt(seconds: float) -> str:
+    """Sleeps on its first attempt only (the one a test kills), then succeeds."""
+    from rq import get_current_job
+
+    from otel.rq import attempts
+
+    job = get_current_job()
+    if job is not None and attempts(job) <= 1:
+        time.sleep(seconds)
+    return "done"

@@ -50,8 +50,11 @@ def _ping(port: int) -> bool:
 class RedisServer(PeerContext):
     """``redis-server --port N --bind 127.0.0.1`` in a temp dir, for one test session."""
 
-    def __init__(self, binary: str | None = None) -> None:
+    def __init__(self, binary: str | None = None, durable: bool = False) -> None:
         self._binary = binary
+        # Durable: every write is in the append-only file before Redis answers, so a
+        # SIGKILL loses nothing that was acknowledged (`kill()` then `restart()`).
+        self.durable = durable
         self._process: subprocess.Popen[bytes] | None = None
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
         self.port = 0
@@ -80,8 +83,10 @@ class RedisServer(PeerContext):
     def _spawn(self, binary: str, port: int) -> subprocess.Popen[bytes]:
         assert self._workdir is not None
         log = Path(self._workdir.name) / f"redis-{port}.log"
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else [
+            "--appendonly", "no"]  # fmt: skip
         args = [binary, "--port", str(port), "--bind", LOOPBACK, "--save", "",
-                "--appendonly", "no", "--daemonize", "no", "--logfile", str(log)]  # fmt: skip
+                *persistence, "--daemonize", "no", "--logfile", str(log)]  # fmt: skip
         return subprocess.Popen(
             args,
             cwd=self._workdir.name,
@@ -103,6 +108,20 @@ class RedisServer(PeerContext):
             time.sleep(0.02)
         _terminate(process)
         return f"port {port}: no PONG within {_READY_TIMEOUT:g}s"
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would; `restart()` brings it back on the same port."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait(timeout=5)
+
+    def restart(self) -> None:
+        binary = self._binary or find_redis_server()
+        process = self._spawn(binary, self.port)
+        error = self._await_ready(process, self.port)
+        if error is not None:
+            raise RuntimeError(f"redis-server did not restart: {error}")
+        self._process = process
 
     def stop(self) -> None:
         process, self._process = self._process, None
