@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 VENV_RQ2 ?= .venv-rq2
 STAMP_RQ2 := $(VENV_RQ2)/.installed
 
-.PHONY: run test test-rq2 lint bench clean
+.PHONY: run test test-rq2 lint bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ test: lint test-rq2
 
 test-rq2: $(STAMP_RQ2)
 	$(VENV_RQ2)/bin/pytest -q tests/integration/test_rq.py tests/integration/test_rq_faults.py
+
+# The longer runs of the fault and load tests: 2,000 requests, each enqueueing a job.
+soak: $(STAMP)
+	TRACEGATE_LOAD_REQUESTS=2000 $(BIN)/pytest -q tests/e2e/test_load.py \
+		tests/integration/test_faults.py tests/integration/test_rq_faults.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
