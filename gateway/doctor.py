@@ -12,6 +12,7 @@ edge, context not carried, not visible in Sentry, overhead.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import sys
 import time
@@ -364,6 +365,38 @@ def _probe(settings: Settings, url: str, out: TextIO, wait_s: float, checks: lis
             else "overhead: lower OTEL_TRACES_SAMPLER_ARG or check the collector's latency",
         )
     )
+    checks.append(_losses_check(url))
+
+
+_LOSS_FIXES = {
+    "spans_dropped": "the collector (or the trace store) is unreachable or slow: check "
+    "OTEL_EXPORTER_OTLP_ENDPOINT; a larger OTEL_BSP_MAX_QUEUE_SIZE rides out bursts",
+    "events_dropped": "Sentry is unreachable, rate limiting or failing: check SENTRY_DSN "
+    "and the project's quota",
+    "flush_deadline_missed": "exports outlast their deadline: check the collector's and "
+    "Sentry's latency, or raise TRACEGATE_RQ_FLUSH_TIMEOUT_S",
+}
+
+
+def _losses_check(url: str) -> Check:
+    """What every process counted as lost, from `/metrics` (see `otel.counters`)."""
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+            text = response.read().decode()
+    except (OSError, ValueError) as error:
+        return Check("Losses", WARN, f"/metrics unreadable ({type(error).__name__})")
+    totals: dict[str, int] = {}
+    for line in text.splitlines():
+        found = re.match(r"tracegate_(\w+)_total(?:\{.*\})? (\d+)$", line)
+        if found:
+            totals[found[1]] = totals.get(found[1], 0) + int(found[2])
+    lost = {name: n for name, n in totals.items() if n and name in _LOSS_FIXES}
+    invalid = totals.get("inbound_headers_invalid", 0)
+    note = f"; {invalid} invalid inbound trace headers" if invalid else ""
+    if not lost:
+        return Check("Losses", OK, "no spans or events lost since the processes started" + note)
+    detail = ", ".join(f"{name.replace('_', ' ')}: {n}" for name, n in lost.items())
+    return Check("Losses", WARN, detail + note, "; ".join(_LOSS_FIXES[name] for name in lost))
 
 
 def _events_in_other_traces(
@@ -392,6 +425,7 @@ def _otlp_probe(settings: Settings, trace_id: str) -> Check:
     from opentelemetry import trace
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
     from opentelemetry.sdk.trace.export import SpanExportResult
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
     from otel.provider import build_exporter
 
@@ -400,11 +434,19 @@ def _otlp_probe(settings: Settings, trace_id: str) -> Check:
         return Check(
             "OTLP export", WARN, "no collector configured", "set OTEL_EXPORTER_OTLP_ENDPOINT"
         )
-    parent = trace.SpanContext(int(trace_id, 16), int(secrets.token_hex(8), 16), True)
+    parent = trace.SpanContext(
+        int(trace_id, 16),
+        int(secrets.token_hex(8), 16),
+        is_remote=True,
+        trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+    )
     ctx = trace.set_span_in_context(trace.NonRecordingSpan(parent))
-    span = TracerProvider().get_tracer("tracegate.doctor").start_span("doctor probe", context=ctx)
+    # Its own provider that samples everything: the environment's sampler has no say.
+    provider = TracerProvider(sampler=ALWAYS_ON)
+    span = provider.get_tracer("tracegate.doctor").start_span("doctor probe", context=ctx)
     span.end()
-    assert isinstance(span, ReadableSpan)
+    if not isinstance(span, ReadableSpan):
+        return Check("OTLP export", FAIL, "could not build a probe span")
     results = [exporter.export([span])]
     exporter.shutdown()
     if results and results[0] is SpanExportResult.SUCCESS:

@@ -86,3 +86,49 @@ def test_doctor_diagnoses_a_worker_without_the_traced_classes(
     ).stdout
     assert "context not carried" in text
     assert all(len(line) <= 80 for line in text.splitlines())
+
+
+def test_doctor_shows_what_a_dead_collector_lost(
+    redis_url: str, free_port: int, tmp_path: Path
+) -> None:
+    from tests.peers import free_port as another_port
+
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path),
+        "REDIS_URL": redis_url,
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        # Nothing listens there; each export gives up after 0.2 s.
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{another_port()}",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "200",
+    }
+    gateway = _start(
+        [str(BIN / "tracegate"), "serve", "--port", str(free_port), "--workers", "1"], env
+    )
+    base = f"http://127.0.0.1:{free_port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(base + "/example", timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.1)
+        time.sleep(1.0)  # the first spans' export fails
+        result = subprocess.run(
+            [str(BIN / "tracegate"), "doctor", "--url", base, "--json", "--timeout", "2"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        report = json.loads(result.stdout)
+        rows = {row["name"]: row for row in report["configuration"] + report["probe"]}
+        assert rows["Losses"]["status"] == "warn", rows["Losses"]
+        assert "spans dropped" in rows["Losses"]["detail"]
+        assert "OTEL_EXPORTER_OTLP_ENDPOINT" in rows["Losses"]["fix"]
+        assert rows["OTLP export"]["status"] == "FAIL"  # its own probe span, refused too
+        assert result.returncode == 1
+    finally:
+        os.killpg(gateway.pid, signal.SIGTERM)
+        gateway.wait(timeout=30)

@@ -124,6 +124,7 @@ def test_up_runs_everything_and_stops_cleanly(tmp_path: Path, free_port: int) ->
             "Sentry tracing": "ok",
             "OTLP export": "warn",  # no collector in an empty environment
             "Overhead": "ok",
+            "Losses": "ok",  # nothing dropped by any process
         }
         children = _descendants(process.pid)
         assert len(children) >= 3  # redis, gateway, worker (and their own children)
