@@ -70,12 +70,12 @@ def create_job() -> tuple[flask.Response, int, dict[str, str]]:
         raise ApiError(400, "invalid_arguments", "'args' must be a list and 'kwargs' an object")
     problem = task.check_arguments(args, kwargs)
     if problem:
-        raise ApiError(400, "invalid_arguments", f"arguments do not fit the task: {problem}")
+        raise ApiError(422, "invalid_arguments", f"arguments do not fit the task: {problem}")
     queue_name = body.get("queue", "default")
     if not isinstance(queue_name, str) or not _QUEUE.match(queue_name):
         raise ApiError(400, "invalid_arguments", "'queue' must be 1-64 of A-Z a-z 0-9 _ . -")
     if queue_name not in _settings().queues:
-        raise ApiError(400, "invalid_arguments", "'queue' is not one of the configured queues")
+        raise ApiError(403, "queue_not_allowed", "'queue' is not one of the configured queues")
     delay = _delay(body.get("delay_s"))
     retry = _retry(body.get("retry"))
 

@@ -37,9 +37,10 @@ def _queued(connection: redis.Redis) -> int:
         (b'{"task": "no_such_task"}', 404, "unknown_task"),
         (b'{"task": "os.system", "args": ["true"]}', 404, "unknown_task"),
         (b'{"task": "echo", "args": {"a": 1}}', 400, "invalid_arguments"),
-        (b'{"task": "sleep", "kwargs": {"minutes": 1}}', 400, "invalid_arguments"),
+        (b'{"task": "sleep", "kwargs": {"minutes": 1}}', 422, "invalid_arguments"),
+        (b'{"task": "sleep", "args": [1, 2, 3]}', 422, "invalid_arguments"),
         (b'{"task": "echo", "queue": "../../etc"}', 400, "invalid_arguments"),
-        (b'{"task": "echo", "queue": "other"}', 400, "invalid_arguments"),
+        (b'{"task": "echo", "queue": "other"}', 403, "queue_not_allowed"),
         (b'{"task": "echo", "delay_s": -1}', 400, "invalid_arguments"),
         (b'{"task": "echo", "delay_s": "soon"}', 400, "invalid_arguments"),
         (b'{"task": "echo", "retry": 1000}', 400, "invalid_arguments"),
@@ -55,6 +56,12 @@ def test_bad_requests_get_an_envelope_and_enqueue_nothing(
     assert response.status_code == status
     assert response.json is not None and response.json["error"]["code"] == code
     assert response.json["error"]["trace_id"] == "8bf92f3577b34da6a3ce929d0e0e4736"
+    assert response.headers["X-Trace-ID"] == "8bf92f35-77b3-4da6-a3ce-929d0e0e4736"
+    # No stack traces, no settings in error bodies.
+    text = response.get_data(as_text=True)
+    assert "Traceback" not in text and "redis://" not in text and "File " not in text
+    assert set(response.json) == {"error"}
+    assert set(response.json["error"]) == {"code", "message", "trace_id"}
     assert _queued(connection) == 0 and connection.keys("rq:job:*") == []
 
 
