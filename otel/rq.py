@@ -356,6 +356,7 @@ class _TracedWorkerMixin:
         began = time.perf_counter()
         in_horse = bool(getattr(self, "is_horse", False))
         handing_off = in_horse and telemetry.handoff is not None
+        parent = os.getppid()
         if in_horse:
             telemetry.after_fork()
         if handing_off:
@@ -374,7 +375,12 @@ class _TracedWorkerMixin:
             span.end()
             unpin(token)
             # os._exit follows in a work horse: nothing buffered survives it.
-            if handing_off:
+            if handing_off and os.getppid() != parent:
+                # The worker died while the job ran (SIGKILL, OOM): nobody would take
+                # the spans over, so this work horse exports them itself.
+                telemetry.handoff.release()  # type: ignore[union-attr]
+                telemetry.flush(telemetry.config.rq_flush_timeout_s)
+            elif handing_off:
                 within(
                     telemetry.config.rq_flush_timeout_s,
                     "span handoff",

@@ -7,6 +7,8 @@ themselves. Assertions are on Redis, the OTLP receiver and the Sentry receiver.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -171,3 +173,23 @@ def test_redis_killed_and_restarted_loses_no_acknowledged_job(
     }
     for job_id, trace_id in acknowledged.items():
         assert spans[job_id].trace_id_hex == trace_id, output[-2000:]
+
+
+def test_work_horse_outliving_its_worker_exports_its_own_spans(
+    env: dict[str, str],
+    gateway: Gateway,
+    connection: redis.Redis,
+    otlp_receiver: OTLPReceiver,
+) -> None:
+    job, trace_id = enqueue_traced(gateway, connection, "slow", 2)
+    worker = start_worker(env)
+    try:
+        assert wait_status(job, {"started"}) == "started"
+        os.kill(worker.pid, signal.SIGKILL)  # the worker only: its work horse goes on
+        assert wait_status(job, {"finished"}) == "finished"
+        (consumer,) = consumer_spans(otlp_receiver, job.id)
+    finally:
+        output = stop(worker)
+    # Nobody was left to take the spans over: the work horse exported them itself.
+    assert consumer.trace_id_hex == trace_id and consumer.status_name == "UNSET", output[-2000:]
+    assert not connection.keys("tracegate:handoff:*")
