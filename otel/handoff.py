@@ -27,6 +27,7 @@ from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
+from otel.counters import Counters
 from otel.propagation import SpecTraceState
 
 __all__ = ["HandoffProcessor"]
@@ -38,10 +39,13 @@ _MAX_BUFFERED = 10_000
 class HandoffProcessor(SpanProcessor):
     """Delegates to `processors`; in a work horse, buffers finished spans instead."""
 
-    def __init__(self, processors: Sequence[SpanProcessor]) -> None:
+    def __init__(
+        self, processors: Sequence[SpanProcessor], counters: Counters | None = None
+    ) -> None:
         self.processors = list(processors)
         self._buffer: list[ReadableSpan] | None = None
         self._lock = threading.Lock()
+        self._counters = counters
         self.dropped = 0
 
     # -- the work horse's side ---------------------------------------------------
@@ -99,6 +103,10 @@ class HandoffProcessor(SpanProcessor):
                     buffer.append(span)
                 else:
                     self.dropped += 1
+                    if self._counters is not None:
+                        self._counters.add(
+                            "spans_dropped", exporter="handoff", reason="buffer_full"
+                        )
                 return
         for processor in self.processors:
             processor.on_end(span)

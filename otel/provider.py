@@ -287,7 +287,7 @@ def build_provider(
     if exporter is not None:
         chain.append(CountingBatchSpanProcessor(exporter, counters or Counters(), "otlp"))
     chain.extend(processors or ())
-    handoff = HandoffProcessor(chain)
+    handoff = HandoffProcessor(chain, counters)
     provider.add_span_processor(handoff)
     return provider, handoff
 
