@@ -23,6 +23,17 @@ def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
+def _answered(url: str, wait_s: float = 30) -> None:
+    """Wait until `url` answers (the server has started)."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+
+
 @pytest.fixture
 def untraced_deployment(
     redis_url: str, free_port: int, tmp_path: Path
@@ -40,13 +51,7 @@ def untraced_deployment(
     # rq's own worker with rq's own classes: jobs run, but nobody continues their trace.
     worker = _start([str(BIN / "rq"), "worker", "--url", redis_url, "default"], env)
     base = f"http://127.0.0.1:{free_port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(base + "/healthz", timeout=1):
-                break
-        except OSError:
-            time.sleep(0.1)
+    _answered(base + "/healthz")
     try:
         yield base, env
     finally:
@@ -107,13 +112,7 @@ def test_doctor_shows_what_a_dead_collector_lost(
     )
     base = f"http://127.0.0.1:{free_port}"
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(base + "/example", timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.1)
+        _answered(base + "/example")
         time.sleep(1.0)  # the first spans' export fails
         result = subprocess.run(
             [str(BIN / "tracegate"), "doctor", "--url", base, "--json", "--timeout", "2"],
