@@ -7,10 +7,14 @@ Values come from the environment, over an optional TOML file named by
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
 
 from gateway.store import StoreLimits
 from gateway.tasks import DEMO_TASKS, Registry
@@ -21,10 +25,24 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["ConfigError", "Settings", "configured"]
+__all__ = ["ConfigError", "Settings", "Upstream", "configured"]
 
 _DEFAULT_SERVICE = "tracegate"
 _EXCLUDED_URLS = "/healthz,/readyz,/traces,/v1/traces,/static/"
+_UPSTREAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_PROXY_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A proxy target: `/v1/proxy/<name>/<path>` goes to `url` + `/<path>`.
+
+    `timeout_s` bounds the connect and every wait for the next bytes of the response,
+    not the whole exchange: a large body may stream for longer while bytes keep coming.
+    """
+
+    url: str
+    timeout_s: float = _PROXY_TIMEOUT_S
 
 
 @dataclass(frozen=True)
@@ -47,6 +65,9 @@ class Settings:
     data_dir: str = ".tracegate"
     log_format: str = "text"
     store_limits: StoreLimits = field(default_factory=StoreLimits)
+    # Name -> upstream; the allow-list of /v1/proxy/<name>/<path>.
+    upstreams: Mapping[str, Upstream] = field(default_factory=dict)
+    proxy_timeout_s: float = _PROXY_TIMEOUT_S
 
     @property
     def redis(self) -> str:
@@ -59,7 +80,7 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         problems: list[str] = []
-        env, tasks = _layered(dict(os.environ if environ is None else environ), problems)
+        env, tables = _layered(dict(os.environ if environ is None else environ), problems)
         env.setdefault("OTEL_SERVICE_NAME", _DEFAULT_SERVICE)
         # Probes and the trace viewer would otherwise fill the store with their own traces.
         env.setdefault("OTEL_PYTHON_FLASK_EXCLUDED_URLS", _EXCLUDED_URLS)
@@ -79,7 +100,7 @@ class Settings:
             demo_routes=reader.flag("TRACEGATE_DEMO_ROUTES", True),
             max_body_bytes=int(reader.number("TRACEGATE_MAX_BODY_BYTES", 1024 * 1024)),
             config_file=env.get("TRACEGATE_CONFIG", "").strip(),
-            tasks={**tasks, **reader.pairs("TRACEGATE_TASKS")},
+            tasks={**tables.get("tasks", {}), **reader.pairs("TRACEGATE_TASKS")},
             demo_tasks=reader.flag("TRACEGATE_DEMO_TASKS", False),
             queues=reader.words("TRACEGATE_QUEUES") or ("default",),
             api_keys=reader.words("TRACEGATE_API_KEYS"),
@@ -91,6 +112,7 @@ class Settings:
                 max_age_s=int(reader.number("TRACEGATE_STORE_MAX_AGE_S", 24 * 3600)),
                 max_spans_per_trace=int(reader.number("TRACEGATE_STORE_MAX_SPANS", 5000)),
             ),
+            **_upstreams(reader, tables.get("upstreams", {}), problems),
         )
         problems += reader.problems + settings.problems()
         if problems:
@@ -118,6 +140,13 @@ class Settings:
             found.append("TRACEGATE_MAX_BODY_BYTES: must be at least 1")
         paths = {**(DEMO_TASKS if self.demo_tasks else {}), **self.tasks}
         found += Registry.from_paths(paths)[1]
+        if not _positive(self.proxy_timeout_s):
+            found.append("TRACEGATE_PROXY_TIMEOUT_S: must be a positive number of seconds")
+        for name, upstream in self.upstreams.items():
+            found += _upstream_problems(name, upstream)
+            # On the default timeout, an upstream shares the default's one problem line.
+            if upstream.timeout_s != self.proxy_timeout_s and not _positive(upstream.timeout_s):
+                found.append(f"TRACEGATE_PROXY_TIMEOUTS: {name}: must be a positive number")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             found.append(
                 f"REDIS_URL: {self.redis_url!r} is not a redis://, rediss:// or unix:// URL"
@@ -131,17 +160,66 @@ def configured(environ: Mapping[str, str]) -> set[str]:
     return set(env)
 
 
-def _layered(env: dict[str, str], problems: list[str]) -> tuple[dict[str, str], dict[str, str]]:
-    """The TOML file's values under the environment's, and the file's [tasks] table."""
+Tables = dict[str, dict[str, str]]
+_TABLES = ("tasks", "upstreams")
+
+
+def _upstreams(reader: EnvReader, table: Mapping[str, str], problems: list[str]) -> dict[str, Any]:
+    """`upstreams` and `proxy_timeout_s` for `Settings`: the [upstreams] table under
+    `TRACEGATE_UPSTREAMS`, each with its `TRACEGATE_PROXY_TIMEOUTS` entry or the default."""
+    default = reader.number("TRACEGATE_PROXY_TIMEOUT_S", _PROXY_TIMEOUT_S)
+    urls = {**table, **reader.pairs("TRACEGATE_UPSTREAMS")}
+    timeouts: dict[str, float] = {}
+    for name, raw in reader.pairs("TRACEGATE_PROXY_TIMEOUTS").items():
+        if name not in urls:
+            problems.append(f"TRACEGATE_PROXY_TIMEOUTS: {name!r} is not a configured upstream")
+            continue
+        try:
+            timeouts[name] = float(raw)
+        except ValueError:
+            problems.append(f"TRACEGATE_PROXY_TIMEOUTS: {name}={raw!r} is not a number of seconds")
+    upstreams = {name: Upstream(url, timeouts.get(name, default)) for name, url in urls.items()}
+    return {"upstreams": upstreams, "proxy_timeout_s": default}
+
+
+def _upstream_problems(name: str, upstream: Upstream) -> list[str]:
+    found = []
+    if not _UPSTREAM_NAME.match(name):
+        found.append(f"TRACEGATE_UPSTREAMS: {name!r} is not an upstream name (A-Z a-z 0-9 _ . -)")
+    parts = urlsplit(upstream.url)
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number in 0-65535
+        port_ok = True
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        found.append(f"TRACEGATE_UPSTREAMS: {name}={upstream.url!r} is not an http(s)://host URL")
+    elif not port_ok:
+        found.append(f"TRACEGATE_UPSTREAMS: {name}={upstream.url!r} has an invalid port")
+    elif parts.username is not None or parts.password is not None:
+        # They would be sent nowhere (urllib3 ignores them) yet show up in url.full.
+        found.append(f"TRACEGATE_UPSTREAMS: {name}: credentials in the URL are not supported")
+    elif parts.query or parts.fragment or "?" in upstream.url or "#" in upstream.url:
+        found.append(f"TRACEGATE_UPSTREAMS: {name}={upstream.url!r} must not have a query")
+    return found
+
+
+def _positive(seconds: float) -> bool:
+    return math.isfinite(seconds) and seconds > 0
+
+
+def _layered(env: dict[str, str], problems: list[str]) -> tuple[dict[str, str], Tables]:
+    """The TOML file's values under the environment's, and the file's tables."""
     config_file = env.get("TRACEGATE_CONFIG", "").strip()
     if not config_file:
         return env, {}
-    values, tasks = _read_toml(config_file, problems)
-    return {**values, **env}, tasks
+    values, tables = _read_toml(config_file, problems)
+    return {**values, **env}, tables
 
 
-def _read_toml(path: str, problems: list[str]) -> tuple[dict[str, str], dict[str, str]]:
-    """The file's top-level values as environment strings, and its [tasks] table."""
+def _read_toml(path: str, problems: list[str]) -> tuple[dict[str, str], Tables]:
+    """The file's top-level values as environment strings, and its [tasks] and
+    [upstreams] tables."""
     try:
         with open(path, "rb") as handle:
             data = tomllib.load(handle)
@@ -151,15 +229,15 @@ def _read_toml(path: str, problems: list[str]) -> tuple[dict[str, str], dict[str
     except tomllib.TOMLDecodeError as error:
         problems.append(f"TRACEGATE_CONFIG: {path} is not valid TOML: {error}")
         return {}, {}
-    tasks = {str(k): str(v) for k, v in (data.get("tasks") or {}).items()}
+    tables = {name: {str(k): str(v) for k, v in (data.get(name) or {}).items()} for name in _TABLES}
     values: dict[str, str] = {}
     for key, value in data.items():
         if isinstance(value, dict):
-            continue  # tables: [tasks] is read above
+            continue  # tables: [tasks] and [upstreams] are read above
         if isinstance(value, bool):
             values[key] = "true" if value else "false"
         elif isinstance(value, list):
             values[key] = ",".join(str(v) for v in value)
         else:
             values[key] = str(value)
-    return values, tasks
+    return values, tables
