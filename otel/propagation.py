@@ -16,11 +16,13 @@ Extract, in DESIGN.md's order of precedence:
 Inject writes `traceparent`, `tracestate`, `sentry-trace` and `baggage` with one
 sampled decision: the W3C flag, the sentry-trace flag and `sentry-sampled` agree.
 Sentry's `sentry-*` members are merged into W3C baggage, never replacing the rest.
+Baggage is held to W3C's 64 members and 8192 bytes both ways, `sentry-*` members first.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
@@ -41,6 +43,7 @@ from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
 from otel import ids
+from otel.counters import Counters
 
 __all__ = [
     "ADOPTED_TRACE_ID_KEY",
@@ -65,6 +68,14 @@ _SENTRY_PREFIX = "sentry-"
 # W3C Baggage: at least 64 members and 8192 bytes must be propagated; we send no more.
 _BAGGAGE_MAX_MEMBERS = 64
 _BAGGAGE_MAX_BYTES = 8192
+# How much of an inbound baggage header is looked at, so that a `sentry-*` member behind
+# many others is still found while a huge hostile header costs bounded work.
+_BAGGAGE_SCAN_BYTES = 8 * _BAGGAGE_MAX_BYTES
+# RFC 7230 OWS: str.strip() with no argument would also eat CR, LF and Unicode spaces.
+_OWS = " \t"
+# W3C Baggage `value = *baggage-octet`: printable US-ASCII but DQUOTE, comma, semicolon and
+# backslash; CR, LF, NUL and non-ASCII make a member malformed (it is skipped).
+_BAGGAGE_VALUE_RE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*")
 _LOW_56 = (1 << 56) - 1
 
 
@@ -136,8 +147,10 @@ def sample_rand(trace_id: int) -> float:
 class TracegatePropagator(TextMapPropagator):
     """W3C trace context + baggage, sentry-trace and X-Trace-ID, with one precedence."""
 
-    def __init__(self, dsc: DscDefaults | None = None) -> None:
+    def __init__(self, dsc: DscDefaults | None = None, counters: Counters | None = None) -> None:
         self.dsc = dsc or DscDefaults()
+        # Counts headers that were present but invalid (`inbound_headers_invalid`).
+        self.counters = counters
 
     @property
     def fields(self) -> set[str]:
@@ -150,8 +163,13 @@ class TracegatePropagator(TextMapPropagator):
         getter: Getter[CarrierT] = default_getter,
     ) -> Context:
         ctx = context if context is not None else Context()
-        parent = ids.parse_traceparent(_single(getter.get(carrier, _TRACEPARENT)))
+        raw_parents = getter.get(carrier, _TRACEPARENT)
+        parent = ids.parse_traceparent(_single(raw_parents))
         members = _parse_baggage(getter.get(carrier, _BAGGAGE))
+        if self.counters is not None:
+            self._count_invalid(carrier, getter, raw_parents, parent is not None)
+        if parent is None:
+            ctx = _without_rejected_parent(ctx, raw_parents)
         if parent is not None:
             state = SpecTraceState(ids.parse_tracestate(getter.get(carrier, _TRACESTATE)))
             span_context = SpanContext(
@@ -176,6 +194,24 @@ class TracegatePropagator(TextMapPropagator):
         if adopted is not None:
             ctx = set_value(ADOPTED_TRACE_ID_KEY, adopted, ctx)
         return _with_baggage(ctx, members)
+
+    def _count_invalid(
+        self,
+        carrier: CarrierT,
+        getter: Getter[CarrierT],
+        raw_parents: Sequence[str] | None,
+        parent_valid: bool,
+    ) -> None:
+        assert self.counters is not None
+        if raw_parents and not parent_valid:
+            self.counters.add("inbound_headers_invalid", header=_TRACEPARENT)
+        for name, parse in (
+            (_SENTRY_TRACE, ids.parse_sentry_trace),
+            (_X_TRACE_ID, ids.parse_x_trace_id),
+        ):
+            raw = getter.get(carrier, name)
+            if raw and parse(_single(raw)) is None:
+                self.counters.add("inbound_headers_invalid", header=name)
 
     def inject(
         self,
@@ -284,6 +320,24 @@ def _has_valid_span(ctx: Context) -> bool:
     return trace.get_current_span(ctx).get_span_context().is_valid
 
 
+def _without_rejected_parent(ctx: Context, raw_parents: Sequence[str] | None) -> Context:
+    """Forget a parent that a laxer W3C propagator took from a `traceparent` we rejected.
+
+    OpenTelemetry's `tracecontext` propagator (in `OTEL_PROPAGATORS` by default, and run
+    before ours) matches with `$`, which also matches before a trailing newline, and reads
+    only the first of several `traceparent` fields. Its parent would otherwise pass for one
+    found by b3 or jaeger and outrank `sentry-trace` and `X-Trace-ID`, although W3C says an
+    invalid `traceparent` is ignored and the trace restarts.
+    """
+    span_context = trace.get_current_span(ctx).get_span_context()
+    if not raw_parents or not span_context.is_valid:
+        return ctx
+    ids_text = f"{span_context.trace_id:032x}-{span_context.span_id:016x}"
+    if any(isinstance(raw, str) and ids_text in raw for raw in raw_parents):
+        return trace.set_span_in_context(trace.INVALID_SPAN, ctx)
+    return ctx
+
+
 def _with_parent(ctx: Context, span_context: SpanContext) -> Context:
     ctx = set_value(DEFERRED_SAMPLING_KEY, None, ctx)
     return trace.set_span_in_context(NonRecordingSpan(span_context), ctx)
@@ -303,26 +357,62 @@ def _baggage_sampled(members: list[tuple[str, str]]) -> bool | None:
 
 
 def _parse_baggage(values: Sequence[str] | None) -> list[tuple[str, str]]:
-    """W3C baggage members in order; a malformed member is skipped, not the header."""
+    """W3C baggage members in order, within the limits; a malformed member is skipped.
+
+    `sentry-*` members are found wherever they sit in the header (up to a scan bound) and
+    have the first claim on the limits: they are the dynamic sampling context of the
+    trace's head, which is kept, never replaced by ours, however many members precede it.
+    """
     if not values:
         return []
-    members: list[tuple[str, str]] = []
-    size = 0
+    parsed: list[tuple[str, str, int]] = []
+    budget = _BAGGAGE_SCAN_BYTES
     for header in values:
-        for item in header.split(","):
-            size += len(item) + 1
-            if size > _BAGGAGE_MAX_BYTES or len(members) >= _BAGGAGE_MAX_MEMBERS:
-                return members
+        if not isinstance(header, str) or budget <= 0:
+            break
+        # Slicing first bounds the work a huge header costs; the member the cut falls in
+        # is incomplete and goes with the rest.
+        items = header[:budget].split(",")
+        if len(header) > budget:
+            items.pop()
+        budget -= len(header) + 1
+        for item in items:
             name_value = item.split(";", 1)[0]
             key, sep, value = name_value.partition("=")
-            key = key.strip()
+            key = key.strip(_OWS)
             if not sep or not key or not _is_token(key):
                 continue
+            value = value.strip(_OWS)
+            if _BAGGAGE_VALUE_RE.fullmatch(value) is None:
+                continue
             try:
-                members.append((unquote(key), unquote(value.strip(), errors="strict")))
+                decoded = unquote(value, errors="strict")
             except UnicodeDecodeError:
                 continue
-    return members
+            parsed.append((key, decoded, len(item.strip(_OWS))))
+    return [(key, value) for key, value, _ in _within_limits(parsed)]
+
+
+def _within_limits(items: Sequence[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+    """The `(key, value, size)` items kept within 64 members and 8192 bytes, in order.
+
+    W3C Baggage lets a platform drop members "in any order" past its limits. `sentry-*`
+    members claim room first, so Sentry's sampling context survives a crowded header;
+    the other members then fill what is left, in header order.
+    """
+    keep = [False] * len(items)
+    count = size = 0
+    for sentry_pass in (True, False):
+        for i, (key, _, cost) in enumerate(items):
+            if keep[i] or key.startswith(_SENTRY_PREFIX) is not sentry_pass:
+                continue
+            extra = cost + (1 if count else 0)
+            if count >= _BAGGAGE_MAX_MEMBERS or size + extra > _BAGGAGE_MAX_BYTES:
+                continue
+            keep[i] = True
+            count += 1
+            size += extra
+    return [item for item, kept in zip(items, keep, strict=True) if kept]
 
 
 _TOKEN_CHARS = frozenset(
@@ -335,20 +425,15 @@ def _is_token(key: str) -> bool:
 
 
 def _format_baggage(members: Iterable[tuple[str, str]]) -> str:
-    parts: list[str] = []
-    size = 0
+    items: list[tuple[str, str, int]] = []
     seen: set[str] = set()
     for key, value in members:
         if key in seen or not key or not _is_token(key):
             continue
-        part = f"{key}={quote(value, safe='')}"
-        extra = len(part) + (1 if parts else 0)
-        if len(parts) >= _BAGGAGE_MAX_MEMBERS or size + extra > _BAGGAGE_MAX_BYTES:
-            continue
         seen.add(key)
-        parts.append(part)
-        size += extra
-    return ",".join(parts)
+        part = f"{key}={quote(value, safe='')}"
+        items.append((key, part, len(part)))
+    return ",".join(part for _, part, _ in _within_limits(items))
 
 
 def _decimal(value: float) -> str:

@@ -170,7 +170,8 @@ def setup(
                 environment=config.sentry_environment,
                 release=config.sentry_release,
                 sample_rate=sample_rate(config),
-            )
+            ),
+            counters,
         )
         # Imported here: `opentelemetry.propagate` builds OTEL_PROPAGATORS on import and
         # raises for a name that is not installed, which settings report first.
