@@ -270,10 +270,22 @@ class _TracedWorkerMixin:
         from sentry_sdk.integrations.logging import ignore_logger
 
         ignore_logger("rq.worker")
-        # A job whose worker died with it (SIGKILL of the whole worker, a lost host) is
-        # found abandoned by the next worker's registry maintenance, which tells the
-        # exception handlers: the job's stored carrier still knows its trace.
-        self.push_exc_handler(self._report_abandoned)  # type: ignore[attr-defined]
+
+    def clean_registries(self) -> Any:
+        """rq's registry maintenance, reporting the abandoned jobs it finds.
+
+        A job whose worker died with it (SIGKILL of the whole worker, a lost host) is
+        found abandoned here, and rq tells the worker's exception handlers; the job's
+        stored carrier still knows its trace. The handler is ours only for the length
+        of the maintenance: rq 3's SpawnWorker pickles its handlers for the work horse.
+        """
+        handlers: list[Any] = self._exc_handlers  # type: ignore[attr-defined]
+        handler = self._report_abandoned
+        handlers.append(handler)
+        try:
+            return super().clean_registries()  # type: ignore[misc]
+        finally:
+            handlers.remove(handler)
 
     def _report_abandoned(self, job: Job, exc_type: Any, *rest: Any) -> None:
         if not (isinstance(exc_type, type) and issubclass(exc_type, AbandonedJobError)):
