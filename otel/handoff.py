@@ -62,22 +62,26 @@ class HandoffProcessor(SpanProcessor):
 
     def dump(self) -> bytes | None:
         spans = self.take()
-        if not spans:
-            return None
+        return self.encode(spans) if spans else None
+
+    @staticmethod
+    def encode(spans: Sequence[ReadableSpan]) -> bytes:
+        """Finished spans as JSON, for `load` in another process."""
         return json.dumps([_to_value(span) for span in spans], default=str).encode()
 
     def release(self) -> int:
         """Stop buffering and feed what was buffered to the processors here (a work
         horse whose worker is gone exports its own spans)."""
-        return self._feed(self.take())
+        return self.feed(self.take())
 
     # -- the long-lived process's side ---------------------------------------------
 
     def load(self, payload: bytes) -> int:
         """Feed spans a work horse dumped to the processors, as if they ran here."""
-        return self._feed([_from_value(value) for value in json.loads(payload)])
+        return self.feed([_from_value(value) for value in json.loads(payload)])
 
-    def _feed(self, spans: Sequence[ReadableSpan]) -> int:
+    def feed(self, spans: Sequence[ReadableSpan]) -> int:
+        """Hand finished spans to the processors, as if they had ended here."""
         # Starts in start order, so parents are known before their children.
         for span in sorted(spans, key=lambda s: s.start_time or 0):
             for processor in self.processors:

@@ -355,12 +355,18 @@ class _TracedWorkerMixin:
         telemetry = self._telemetry
         handoff = telemetry.handoff
         assert handoff is not None
-        payload = handoff.dump()
-        if payload is not None:
-            with self.connection.pipeline(transaction=True) as pipe:
-                pipe.rpush(self._handoff_key(), payload)
-                pipe.expire(self._handoff_key(), 3600)
-                pipe.execute()
+        spans = handoff.take()
+        if spans:
+            try:
+                with self.connection.pipeline(transaction=True) as pipe:
+                    pipe.rpush(self._handoff_key(), handoff.encode(spans))
+                    pipe.expire(self._handoff_key(), 3600)
+                    pipe.execute()
+            except Exception as error:  # Redis went away: export them from here instead
+                logger.warning("tracegate: could not hand spans over (%s); exporting them", error)
+                handoff.feed(spans)
+                telemetry.flush(telemetry.config.rq_flush_timeout_s)
+                return
         telemetry.flush(telemetry.config.rq_flush_timeout_s, spans=False)
 
     def perform_job(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> Any:

@@ -162,15 +162,15 @@ def test_redis_killed_and_restarted_loses_no_acknowledged_job(
                     # Exactly once: the worker counted one attempt per job.
                     assert attempts(job) == 1
             assert worker.poll() is None, "the worker died instead of reconnecting"
+            # The worker exports the last jobs' spans after they finish: wait for them
+            # before stopping it.
+            received = otlp_receiver.wait_for_spans(
+                lambda s: s.kind_name == "CONSUMER", count=20, timeout=20
+            )
         finally:
             output = stop(worker)
-    assert len(acknowledged) == 20
-    spans = {
-        s.attributes.get("messaging.message.id"): s
-        for s in otlp_receiver.wait_for_spans(
-            lambda s: s.kind_name == "CONSUMER", count=20, timeout=20
-        )
-    }
+    assert len(acknowledged) == 20, output[-2000:]
+    spans = {s.attributes.get("messaging.message.id"): s for s in received}
     for job_id, trace_id in acknowledged.items():
         assert spans[job_id].trace_id_hex == trace_id, output[-2000:]
 
