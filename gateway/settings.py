@@ -28,7 +28,10 @@ else:  # pragma: no cover - Python 3.10
 __all__ = ["ConfigError", "Settings", "Upstream", "configured"]
 
 _DEFAULT_SERVICE = "tracegate"
-_EXCLUDED_URLS = "/healthz,/readyz,/traces,/v1/traces,/static/"
+# OpenTelemetry searches these regexes in the full URL, query string included, so they
+# are anchored to the start of the path: `/v1/proxy/x/traces` or `/v1/jobs?next=/healthz`
+# must still get their server span (and continue the caller's trace).
+_EXCLUDED_URLS = r"^[a-z]+://[^/]+/(healthz|readyz|metrics|traces|v1/traces)([/?]|$)"
 _UPSTREAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _PROXY_TIMEOUT_S = 30.0
 

@@ -423,6 +423,25 @@ def test_get_with_query_reaches_the_upstream_inside_the_inbound_trace(
     assert client.status_name == "UNSET"
 
 
+@pytest.mark.parametrize(
+    "path", ["/v1/proxy/billing/api/traces", "/v1/proxy/billing/x?next=/healthz"]
+)
+def test_paths_naming_the_untraced_routes_are_still_traced(
+    path: str, serve: Callable[..., Served], upstream: Upstream, otlp_receiver: OTLPReceiver
+) -> None:
+    served = serve(TRACEGATE_UPSTREAMS=f"billing={upstream.url}")
+    # The gateway's own health check makes no span ...
+    assert call(served.port, "GET", "/healthz", {"traceparent": TRACEPARENT}).status == 200
+    # ... but a proxied path that merely contains such a name continues the trace.
+    assert call(served.port, "GET", path, {"traceparent": TRACEPARENT}).status == 200
+    served.flush()
+    client, server = _client_and_server(otlp_receiver)
+    assert server.parent_span_id_hex == PARENT
+    assert upstream.only().all("traceparent") == [f"00-{TRACE}-{client.span_id_hex}-01"]
+    exported = sorted(s.name for s in otlp_receiver.spans if s.trace_id_hex == TRACE)
+    assert exported == sorted([client.name, server.name])  # and none for /healthz
+
+
 def test_unsampled_trace_is_propagated_but_not_exported(
     serve: Callable[..., Served], upstream: Upstream, otlp_receiver: OTLPReceiver
 ) -> None:
