@@ -463,10 +463,14 @@ def init_sentry(
         debug=config.sentry_debug,
         # Sentry's own tracing stays off: OpenTelemetry's sampler decides, once.
         traces_sample_rate=None,
+        # No request bodies in events; cookies and credentials stay out as long as
+        # sentry-sdk's send_default_pii keeps its default (off).
+        max_request_body_size="never",
         integrations=[TracegateIntegration(bridge)],
         disabled_integrations=[RqIntegration()],
         **extra,
     )
+    _undo_spotlight_defaults(sentry_sdk.get_client())
     # Telemetry's own troubles (a collector that is down, a failed export) belong in the
     # logs, not in Sentry as events of the application: that way lies a feedback loop.
     for name in ("opentelemetry.*", "otel", "otel.*"):
@@ -481,3 +485,27 @@ def init_sentry(
     except ImportError:  # older sentry-sdk: events are still linked by the processor
         pass
     return True
+
+
+def _undo_spotlight_defaults(client: Any) -> None:
+    """sentry-sdk turns on its own tracing, full sampling and PII for a Spotlight without
+    a DSN (a local debugging aid); here OpenTelemetry's sampler still decides alone and
+    PII stays out, so Spotlight shows what Sentry would get."""
+    options = client.options
+    if getattr(client, "spotlight", None) is None or options.get("dsn"):
+        return
+    options.update(
+        traces_sampler=None, profiles_sampler=None, error_sampler=None, send_default_pii=False
+    )
+    collection = options.get("data_collection")
+    if isinstance(collection, dict) and not collection.get("provided_by_user"):
+        try:  # re-derived from send_default_pii, as sentry-sdk does at init
+            from sentry_sdk.data_collection import _map_from_send_default_pii
+
+            options["data_collection"] = _map_from_send_default_pii(
+                send_default_pii=False,
+                include_local_variables=options.get("include_local_variables") is not False,
+                include_source_context=options.get("include_source_context") is not False,
+            )
+        except (ImportError, TypeError):  # another sentry-sdk: its own derivation stands
+            pass

@@ -53,7 +53,7 @@ def create_job() -> tuple[flask.Response, int, dict[str, str]]:
     raw = flask.request.get_data(cache=True)  # over the size limit: 413, however sent
     try:
         body = flask.json.loads(raw) if raw else None
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python goes
         body = None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "the body must be a JSON object")

@@ -257,7 +257,9 @@ def _target(environ: Mapping[str, Any], upstream: str, path: str | None) -> str:
     if len(rest) > 2 and rest[1] == "":
         raise ApiError(400, "invalid_path", "the path must not start with '//'")
     for segment in rest:
-        if any(part in (".", "..") for part in unquote(segment).replace("\\", "/").split("/")):
+        # `..;x` is `..` to servers that drop path parameters (Tomcat, Jetty, Spring).
+        parts = unquote(segment).replace("\\", "/").split("/")
+        if any(part.split(";", 1)[0] in (".", "..") for part in parts):
             raise ApiError(400, "invalid_path", "the path must not have '.' or '..' segments")
     return _raw("/".join(rest))
 

@@ -34,6 +34,7 @@ def _queued(connection: redis.Redis) -> int:
     [
         (b"{not json", 400, "invalid_json"),
         (b"[1, 2]", 400, "invalid_json"),
+        (b"[" * 100_000 + b"]" * 100_000, 400, "invalid_json"),  # deeper than Python recurses
         (b'{"task": "no_such_task"}', 404, "unknown_task"),
         (b'{"task": "os.system", "args": ["true"]}', 404, "unknown_task"),
         (b'{"task": "echo", "args": {"a": 1}}', 400, "invalid_arguments"),

@@ -748,6 +748,8 @@ def test_default_timeout_applies_without_an_override(
         "/v1/proxy/billing/..%2Fadmin",
         "/v1/proxy/billing/.",
         "/v1/proxy/billing/a/..%5C..%5Cadmin",
+        "/v1/proxy/billing/..;x/admin",
+        "/v1/proxy/billing/a/.%2e;/admin",
         "/v1/proxy/billing//{evil}/x",
     ],
 )
