@@ -46,6 +46,8 @@ class Upstream:
 
     url: str
     timeout_s: float = _PROXY_TIMEOUT_S
+    # An untrusted upstream (a third party) gets the trace, never the baggage.
+    trusted: bool = True
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,8 @@ _TABLES = ("tasks", "upstreams")
 
 def _upstreams(reader: EnvReader, table: Mapping[str, str], problems: list[str]) -> dict[str, Any]:
     """`upstreams` and `proxy_timeout_s` for `Settings`: the [upstreams] table under
-    `TRACEGATE_UPSTREAMS`, each with its `TRACEGATE_PROXY_TIMEOUTS` entry or the default."""
+    `TRACEGATE_UPSTREAMS`, each with its `TRACEGATE_PROXY_TIMEOUTS` entry or the default,
+    and untrusted when `TRACEGATE_UNTRUSTED_UPSTREAMS` names it."""
     default = reader.number("TRACEGATE_PROXY_TIMEOUT_S", _PROXY_TIMEOUT_S)
     urls = {**table, **reader.pairs("TRACEGATE_UPSTREAMS")}
     timeouts: dict[str, float] = {}
@@ -181,7 +184,13 @@ def _upstreams(reader: EnvReader, table: Mapping[str, str], problems: list[str])
             timeouts[name] = float(raw)
         except ValueError:
             problems.append(f"TRACEGATE_PROXY_TIMEOUTS: {name}={raw!r} is not a number of seconds")
-    upstreams = {name: Upstream(url, timeouts.get(name, default)) for name, url in urls.items()}
+    untrusted = set(reader.words("TRACEGATE_UNTRUSTED_UPSTREAMS"))
+    for name in sorted(untrusted - set(urls)):
+        problems.append(f"TRACEGATE_UNTRUSTED_UPSTREAMS: {name!r} is not a configured upstream")
+    upstreams = {
+        name: Upstream(url, timeouts.get(name, default), trusted=name not in untrusted)
+        for name, url in urls.items()
+    }
     return {"upstreams": upstreams, "proxy_timeout_s": default}
 
 

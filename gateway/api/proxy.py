@@ -84,6 +84,7 @@ class _Route:
     netloc: str
     base_path: str  # without a trailing slash; "" for the root
     timeout_s: float
+    trusted: bool
 
 
 class Proxy:
@@ -121,6 +122,7 @@ def _route(name: str, upstream: Upstream) -> _Route:
         netloc=parts.netloc,
         base_path=parts.path.rstrip("/"),
         timeout_s=upstream.timeout_s,
+        trusted=upstream.trusted,
     )
 
 
@@ -169,6 +171,10 @@ def forward(upstream: str, path: str | None = None) -> flask.Response:
     )
     carrier: dict[str, str] = {}
     otel.inject(carrier, context=trace.set_span_in_context(span))
+    if not route.trusted:
+        # Baggage holds what the caller and Sentry's dynamic sampling context carry
+        # (tenant ids, release, public key): it stays inside the trust domain.
+        carrier.pop("baggage", None)
     headers.update(carrier)
     timeout = urllib3.Timeout(connect=route.timeout_s, read=route.timeout_s)
     try:

@@ -442,6 +442,25 @@ def test_paths_naming_the_untraced_routes_are_still_traced(
     assert exported == sorted([client.name, server.name])  # and none for /healthz
 
 
+def test_untrusted_upstream_gets_the_trace_but_no_baggage(
+    serve: Callable[..., Served], upstream: Upstream
+) -> None:
+    served = serve(
+        TRACEGATE_UPSTREAMS=f"internal={upstream.url},partner={upstream.url}",
+        TRACEGATE_UNTRUSTED_UPSTREAMS="partner",
+    )
+    sent = {"traceparent": TRACEPARENT, "tracestate": "vendor=opaque", "baggage": "tenant=acme"}
+    assert call(served.port, "GET", "/v1/proxy/internal/a", sent).status == 200
+    assert call(served.port, "GET", "/v1/proxy/partner/b", sent).status == 200
+    inside, outside = upstream.requests
+    assert "tenant=acme" in (inside.header("baggage") or "")
+    assert "sentry-trace_id=" in (inside.header("baggage") or "")
+    assert outside.all("baggage") == []
+    for name in ("traceparent", "sentry-trace"):
+        assert TRACE in (outside.header(name) or ""), name
+    assert outside.all("tracestate") == ["vendor=opaque"]
+
+
 def test_unsampled_trace_is_propagated_but_not_exported(
     serve: Callable[..., Served], upstream: Upstream, otlp_receiver: OTLPReceiver
 ) -> None:
@@ -889,6 +908,7 @@ def test_malformed_upstream_settings_are_listed_together() -> None:
                 ),
                 "TRACEGATE_PROXY_TIMEOUT_S": "0",
                 "TRACEGATE_PROXY_TIMEOUTS": "ok=soon,ghost=5,ftp=-1",
+                "TRACEGATE_UNTRUSTED_UPSTREAMS": "ok,phantom",
             }
         )
     problems = raised.value.problems
@@ -904,9 +924,10 @@ def test_malformed_upstream_settings_are_listed_together() -> None:
         "TRACEGATE_PROXY_TIMEOUTS: ok='soon' is not a number of seconds",
         "TRACEGATE_PROXY_TIMEOUTS: 'ghost' is not a configured upstream",
         "TRACEGATE_PROXY_TIMEOUTS: ftp: must be a positive number",
+        "TRACEGATE_UNTRUSTED_UPSTREAMS: 'phantom' is not a configured upstream",
     ):
         assert any(expected in problem for problem in problems), (expected, problems)
-    assert len(problems) == 11, problems
+    assert len(problems) == 12, problems
 
 
 def test_cli_exits_2_on_a_bad_upstream() -> None:
