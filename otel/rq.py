@@ -235,8 +235,9 @@ class TracedQueue(Queue):
             return super().enqueue_job(*args, **kwargs)
 
     def enqueue_many(self, job_datas: Any, *args: Any, **kwargs: Any) -> list[Job]:
-        with _producing(self.name, batch=len(job_datas)):
-            return super().enqueue_many(job_datas, *args, **kwargs)
+        datas = list(job_datas)  # rq takes any iterable, a one-shot generator too
+        with _producing(self.name, batch=len(datas)):
+            return super().enqueue_many(datas, *args, **kwargs)
 
     def enqueue_at(self, *args: Any, **kwargs: Any) -> Job:
         with _producing(self.name):
@@ -315,14 +316,20 @@ class _TracedWorkerMixin:
     # Parent side (the worker process): count attempts before the job runs anywhere,
     # and take over the spans the work horse handed over when it is done.
     def execute_job(self, job: Job, queue: Queue) -> Any:
-        try:
-            job._tracegate_attempt = job.connection.hincrby(job.key, _ATTEMPT_FIELD, 1)  # type: ignore[attr-defined]
-        except Exception:
-            logger.exception("tracegate: could not count the attempt of job %s", job.id)
+        self._count_attempt(job)
         try:
             return super().execute_job(job, queue)  # type: ignore[misc]
         finally:
             self._take_over_spans()
+
+    def _count_attempt(self, job: Job) -> None:
+        """Once per dequeued job (each attempt is a fresh `Job` object)."""
+        if getattr(job, "_tracegate_attempt", None) is not None:
+            return
+        try:
+            job._tracegate_attempt = job.connection.hincrby(job.key, _ATTEMPT_FIELD, 1)  # type: ignore[attr-defined]
+        except Exception:
+            logger.exception("tracegate: could not count the attempt of job %s", job.id)
 
     def _handoff_key(self) -> str:
         return f"tracegate:handoff:{self.name}"
@@ -675,6 +682,7 @@ if SpawnWorker is not None:
         def execute_job(self, job: Job, queue: Queue) -> Any:
             if _RQ_MAJOR >= 3:
                 return super().execute_job(job, queue)
+            self._count_attempt(job)  # before the span, which carries the number
             token = open_unit()
             span = self._start_consumer(job, queue.name)
             self._span, self._reported = span, False
@@ -704,6 +712,15 @@ if SpawnWorker is not None:
                 return
             result = job.latest_result()
             if result is None or result.type == result.Type.SUCCESSFUL:
+                if status != JobStatus.FAILED:
+                    # Requeued while it ran: a failed attempt, whose exception rq 2.x
+                    # keeps nowhere when a retry follows.
+                    _fail(self._span, "rq.AttemptFailed")
+                    self._report(
+                        job,
+                        synthetic=("AttemptFailed", "the attempt failed; a retry follows"),
+                        final=False,
+                    )
                 return
             lines = (result.exc_string or "").strip().splitlines()
             kind, _, message = (lines[-1] if lines else "Error").partition(": ")
