@@ -292,6 +292,12 @@ class AdoptingIdGenerator(RandomIdGenerator):
             return adopted
         return super().generate_trace_id()
 
+    def is_trace_id_random(self) -> bool:
+        # W3C Level 2's random flag promises randomness a caller's id may not have
+        # (UUIDv1, UUIDv7, a counter): an adopted id goes out without it.
+        adopted = get_value(ADOPTED_TRACE_ID_KEY)
+        return not (isinstance(adopted, int) and adopted)
+
 
 def compose(current: TextMapPropagator, ours: TracegatePropagator) -> TextMapPropagator:
     """The user's propagators followed by ours; ours replaces an earlier copy of itself.

@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 
 import sentry_sdk
 from opentelemetry import trace
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from sentry_sdk.transport import make_transport
 
@@ -177,7 +179,7 @@ def setup(
         # raises for a name that is not installed, which settings report first.
         from opentelemetry import propagate
 
-        propagate.set_global_textmap(compose(propagate.get_global_textmap(), propagator))
+        propagate.set_global_textmap(compose(_configured_textmap(config), propagator))
         bridge = None
         if config.sentry_dsn or config.sentry_spotlight or event_sink is not None:
             bridge = SentryBridge(config, propagator)
@@ -215,3 +217,18 @@ def _set_global_provider(provider: TracerProvider) -> None:
     # Later ones (tests, a re-setup after shutdown) are used through `Telemetry`.
     if not isinstance(trace.get_tracer_provider(), TracerProvider):
         trace.set_tracer_provider(provider)
+
+
+def _configured_textmap(config: TelemetryConfig) -> TextMapPropagator:
+    """The propagators `config.propagators` names (it may come from a TOML file or
+    `setup(environ=...)`, which OpenTelemetry never reads), else the global ones."""
+    from opentelemetry import propagate
+
+    names = [name.strip() for name in config.propagators.split(",") if name.strip()]
+    if not names:
+        return propagate.get_global_textmap()
+    from importlib.metadata import entry_points
+
+    found = {ep.name: ep for ep in entry_points(group="opentelemetry_propagator")}
+    # Unknown names were refused by the settings; "none" means none of OTel's.
+    return CompositePropagator([found[name].load()() for name in names if name in found])

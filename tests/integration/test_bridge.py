@@ -114,9 +114,13 @@ def test_x_trace_id_uuid_is_adopted(
     gateway.flush()
     assert response.json is not None and response.json["trace_id"] == TRACE
     assert response.headers["X-Trace-ID"] == TRACE_UUID
+    # Sampled, but not flagged random (W3C Level 2): the caller chose the id.
+    assert response.headers["traceresponse"].endswith("-01")
     message = envelope_receiver.wait_for(_is_message("Example route accessed"), item_type="event")
     assert _trace_of(message)["trace_id"] == TRACE
     assert "parent_span_id" not in _trace_of(message)
+    fresh = gateway.client.get("/example")  # no trace headers: a random id of our own
+    assert fresh.headers["traceresponse"].endswith("-03")
     server = otlp_receiver.wait_for_span(lambda s: s.name == "GET /example")
     assert server.trace_id_hex == TRACE and server.parent_span_id_hex == ""
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from opentelemetry import baggage, trace
 from opentelemetry.context import Context, attach, detach
-from opentelemetry.propagate import get_global_textmap
+from opentelemetry.propagate import get_global_textmap, set_global_textmap
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+import otel
+from gateway.settings import Settings
 from otel.config import TelemetryConfig
 from otel.propagation import (
     AdoptingIdGenerator,
@@ -230,3 +234,27 @@ def test_another_propagators_parent_is_kept_without_traceparent() -> None:
     ctx = trace.set_span_in_context(trace.NonRecordingSpan(other), Context())
     extracted = PROPAGATOR.extract({"sentry-trace": f"{'a' * 32}-{'b' * 16}-1"}, ctx)
     assert trace.get_current_span(extracted).get_span_context() == other
+
+
+def test_setup_composes_the_propagators_its_settings_name(tmp_path: Path) -> None:
+    # From a TOML file, which OpenTelemetry itself never reads: sentry-sdk's propagator
+    # (an `opentelemetry_propagator` entry point) joins, tracegate's comes last.
+    toml = tmp_path / "tracegate.toml"
+    toml.write_text('OTEL_PROPAGATORS = ["tracecontext", "sentry"]\nOTEL_SDK_DISABLED = true\n')
+    before = get_global_textmap()
+    try:
+        for propagators, expected in [
+            (None, ["TraceContextTextMapPropagator", "SentryPropagator"]),
+            ("none", []),
+        ]:
+            environ = {"TRACEGATE_CONFIG": str(toml)}
+            if propagators is not None:
+                environ["OTEL_PROPAGATORS"] = propagators
+            telemetry = otel.setup(Settings.from_env(environ).telemetry)
+            try:
+                names = [type(p).__name__ for p in get_global_textmap()._propagators]
+                assert names == [*expected, "TracegatePropagator"]
+            finally:
+                telemetry.shutdown()
+    finally:
+        set_global_textmap(before)
