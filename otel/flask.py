@@ -144,7 +144,12 @@ def _add_cors(state: FlaskTracing, response: flask.Response) -> None:
     response.headers["Access-Control-Allow-Origin"] = origin
     _merge_list(response, "Vary", ("Origin",))
     if flask.request.method == "OPTIONS":
-        _merge_list(response, "Access-Control-Allow-Headers", ALLOW_HEADERS)
+        # A browser's JSON POST with a bearer key asks for these two beside the trace.
+        allowed = (*ALLOW_HEADERS, "Content-Type", "Authorization")
+        _merge_list(response, "Access-Control-Allow-Headers", allowed)
+        methods = [m.strip() for m in response.headers.get("Allow", "").split(",") if m.strip()]
+        if methods:  # Flask's own OPTIONS answer lists the route's methods
+            _merge_list(response, "Access-Control-Allow-Methods", methods)
 
 
 def _merge_list(response: flask.Response, header: str, values: Iterable[str]) -> None:

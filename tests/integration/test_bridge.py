@@ -256,6 +256,18 @@ def test_cors_preflight_allows_and_exposes_trace_headers(make_gateway: GatewayFa
     allowed = response.headers["Access-Control-Allow-Headers"].lower()
     for header in ("traceparent", "tracestate", "baggage", "sentry-trace", "x-trace-id"):
         assert header in allowed
+    jobs = gateway.client.options(
+        "/v1/jobs",
+        headers={
+            "Origin": "https://app.example.com",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type,authorization,traceparent",
+        },
+    )
+    assert {"content-type", "authorization", "traceparent"} <= {
+        h.strip().lower() for h in jobs.headers["Access-Control-Allow-Headers"].split(",")
+    }
+    assert "POST" in jobs.headers["Access-Control-Allow-Methods"]
     exposed = gateway.client.get("/example").headers["Access-Control-Expose-Headers"]
     assert "traceresponse" in exposed and "X-Trace-ID" in exposed
     other = gateway.client.get("/example", headers={"Origin": "https://evil.example"})
