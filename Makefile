@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+STAMP_RUN := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 # The RQ tests run a second time against rq 2.x (the main venv has rq 3).
 VENV_RQ2 ?= .venv-rq2
@@ -9,13 +10,18 @@ STAMP_RQ2 := $(VENV_RQ2)/.installed
 
 .PHONY: run test test-rq2 lint bench soak clean
 
-$(STAMP): pyproject.toml
+# `make run` installs what the gateway needs; the tests add their tools on top.
+$(STAMP_RUN): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $(STAMP_RUN)
+
+$(STAMP): $(STAMP_RUN)
 	$(BIN)/pip install -q -e '.[test,grpc]'
 	touch $(STAMP)
 
-run: $(STAMP)
+run: $(STAMP_RUN)
 	$(BIN)/tracegate up
 
 lint: $(STAMP)

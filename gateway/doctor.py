@@ -331,7 +331,7 @@ def _probe(settings: Settings, url: str, out: TextIO, wait_s: float, checks: lis
         titles = ", ".join(e["title"][:24] for e in store["sentry_events"][:2])
         where = "sent to Sentry" if settings.telemetry.sentry_dsn else "kept locally"
         checks.append(Check("Sentry events", OK, f"{titles} ({where})"))
-        checks.append(Check("Sentry tracing", OK, "off: the events carry the probe's trace id"))
+        checks.append(_sentry_tracing_check(url))
     else:
         checks.append(
             Check(
@@ -376,6 +376,25 @@ _LOSS_FIXES = {
     "flush_deadline_missed": "exports outlast their deadline: check the collector's and "
     "Sentry's latency, or raise TRACEGATE_RQ_FLUSH_TIMEOUT_S",
 }
+
+
+def _sentry_tracing_check(url: str) -> Check:
+    try:
+        _, _, ready = _http("GET", url + "/readyz")
+        state = (ready or {}).get("checks", {}).get("sentry_tracing")
+    except (OSError, AttributeError):
+        state = None
+    if state == "on":
+        return Check(
+            "Sentry tracing",
+            FAIL,
+            "sentry-sdk's own tracing is on in the gateway",
+            "a second trace beside OpenTelemetry's: remove traces_sample_rate / "
+            "traces_sampler / enable_tracing from your sentry_sdk.init",
+        )
+    if state is None:
+        return Check("Sentry tracing", WARN, "the gateway's /readyz does not tell")
+    return Check("Sentry tracing", OK, "off: the events carry the probe's trace id")
 
 
 def _losses_check(url: str) -> Check:

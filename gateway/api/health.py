@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import flask
+import sentry_sdk
+from sentry_sdk.tracing_utils import has_tracing_enabled
 
 from gateway.errors import error_response
 
@@ -19,7 +21,14 @@ def healthz() -> flask.Response:
 @blueprint.get("/readyz")
 def readyz() -> flask.Response:
     settings = flask.current_app.extensions["tracegate.settings"]
-    checks: dict[str, str] = {}
+    # Not a readiness condition, but what `tracegate doctor` must see from outside:
+    # sentry-sdk's own tracing beside OpenTelemetry starts a second trace.
+    client = sentry_sdk.get_client()
+    checks: dict[str, str] = {
+        "sentry_tracing": "on"
+        if client.is_active() and has_tracing_enabled(client.options)
+        else "off"
+    }
     if settings.redis_url:
         import redis
 

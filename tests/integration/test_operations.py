@@ -9,8 +9,12 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import sentry_sdk
+from werkzeug.serving import make_server
 
+from gateway.doctor import _sentry_tracing_check
 from tests.harness import gateways
+from tests.peers.envelope import EnvelopeReceiver
 
 
 @pytest.fixture
@@ -43,11 +47,33 @@ def silent_server() -> Iterator[str]:
 def test_readyz_reports_redis(redis_url: str, free_port: int) -> None:
     with gateways({"REDIS_URL": redis_url}) as make:
         ready = make().client.get("/readyz")
-    assert ready.status_code == 200 and ready.json == {"status": "ready", "checks": {"redis": "ok"}}
+    assert ready.status_code == 200 and ready.json == {
+        "status": "ready",
+        "checks": {"sentry_tracing": "off", "redis": "ok"},
+    }
     with gateways({"REDIS_URL": f"redis://127.0.0.1:{free_port}/0"}) as make:
         down = make().client.get("/readyz")
     assert down.status_code == 503 and down.json is not None
     assert down.json["error"]["code"] == "not_ready"
+
+
+def test_doctor_sees_sentrys_own_tracing_switched_on_in_the_gateway(
+    envelope_receiver: EnvelopeReceiver,
+) -> None:
+    with gateways({"SENTRY_DSN": envelope_receiver.dsn}) as make:
+        gateway = make()
+        server = make_server("127.0.0.1", 0, gateway.app, threaded=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_port}"
+        try:
+            assert _sentry_tracing_check(url).status == "ok"
+            # What a service's own `sentry_sdk.init(traces_sample_rate=...)` would do.
+            sentry_sdk.get_client().options["traces_sample_rate"] = 1.0
+            check = _sentry_tracing_check(url)
+            assert check.status == "FAIL" and "traces_sample_rate" in check.fix
+        finally:
+            server.shutdown()
+            server.server_close()
 
 
 def test_flush_keeps_its_deadline_when_peers_never_answer(silent_server: str) -> None:
