@@ -12,6 +12,7 @@ A bad setting prints every problem and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -107,6 +108,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env()
     except ConfigError as error:
         print(f"tracegate: {error}", file=sys.stderr)
+        if args.command == "doctor" and args.json:  # still one JSON document on stdout
+            configuration = [
+                {"name": "Settings", "status": "FAIL", "detail": problem, "fix": ""}
+                for problem in error.problems
+            ]
+            json.dump({"ok": False, "configuration": configuration, "probe": []}, sys.stdout)
+            print()
         return 2
     if args.command == "serve":
         overrides = {

