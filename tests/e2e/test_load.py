@@ -140,13 +140,12 @@ def test_every_job_of_a_load_keeps_its_requests_trace(
             status = Job.fetch(job_id, connection=connection).get_status()
             assert str(getattr(status, "value", status)) == ("failed" if failing else "finished")
 
-    # Every job's consumer span, in its request's trace.
-    consumers = {
-        s.attributes["messaging.message.id"]: s
-        for s in otlp_receiver.wait_for_spans(
-            lambda s: s.kind_name == "CONSUMER", REQUESTS, timeout=60
-        )
-    }
+    # Every job's consumer span, exactly one (each job ran once), in its request's trace.
+    received = otlp_receiver.wait_for_spans(
+        lambda s: s.kind_name == "CONSUMER", REQUESTS, timeout=60
+    )
+    consumers = {s.attributes["messaging.message.id"]: s for s in received}
+    assert len(consumers) == len(received) == REQUESTS
     for job_id, trace_id, _ in jobs:
         assert consumers[job_id].trace_id_hex == trace_id
     # No orphans: every span's parent is a span that arrived too, or the request's caller.
@@ -168,3 +167,15 @@ def test_every_job_of_a_load_keeps_its_requests_trace(
         time.sleep(0.2)
     assert failing_traces - linked == set()
     assert len(errors) == len(failing_traces)  # exactly one error per failing job
+    # Still one consumer span per job now that everything has arrived.
+    assert len([s for s in otlp_receiver.spans if s.kind_name == "CONSUMER"]) == REQUESTS
+    # And no process of the deployment counted a loss.
+    with urllib.request.urlopen(deployment + "/metrics", timeout=10) as response:
+        metrics = response.read().decode()
+    losses = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith(("tracegate_spans_dropped_total", "tracegate_events_dropped_total"))
+        and float(line.rsplit(" ", 1)[1]) > 0
+    ]
+    assert losses == [], losses

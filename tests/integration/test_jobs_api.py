@@ -10,7 +10,9 @@ import redis
 
 from tests.harness import GatewayFactory, gateways
 
-TRACEPARENT = "00-8bf92f3577b34da6a3ce929d0e0e4736-30f067aa0ba902b7-01"
+TRACE = "8bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{TRACE}-30f067aa0ba902b7-01"
+TRACED = {"traceparent": TRACEPARENT}
 
 
 @pytest.fixture
@@ -111,9 +113,12 @@ def test_redis_down_is_503_and_nothing_is_acknowledged(free_port: int) -> None:
 def test_oversized_body_is_413(redis_url: str, connection: redis.Redis) -> None:
     env = {"REDIS_URL": redis_url, "TRACEGATE_DEMO_TASKS": "1", "TRACEGATE_MAX_BODY_BYTES": "1000"}
     with gateways(env) as make:
-        response = make().client.post("/v1/jobs", json={"task": "echo", "args": ["x" * 5000]})
+        response = make().client.post(
+            "/v1/jobs", json={"task": "echo", "args": ["x" * 5000]}, headers=TRACED
+        )
     assert response.status_code == 413 and response.json is not None
     assert response.json["error"]["code"] == "request_entity_too_large"
+    assert response.json["error"]["trace_id"] == TRACE
     assert _queued(connection) == 0
 
 
@@ -121,10 +126,16 @@ def test_api_keys_guard_the_job_routes(redis_url: str, connection: redis.Redis) 
     env = {"REDIS_URL": redis_url, "TRACEGATE_DEMO_TASKS": "1", "TRACEGATE_API_KEYS": "k1,k2"}
     with gateways(env) as make:
         client = make().client
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic k1"}):
-            response = client.post("/v1/jobs", json={"task": "echo"}, headers=headers)
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": "Basic k1"},
+            {"Authorization": "Bearer k1k2"},
+        ):
+            response = client.post("/v1/jobs", json={"task": "echo"}, headers={**headers, **TRACED})
             assert response.status_code == 401 and response.json is not None
             assert response.json["error"]["code"] == "unauthorized"
+            assert response.json["error"]["trace_id"] == TRACE
             assert response.headers["WWW-Authenticate"].startswith("Bearer")
         assert _queued(connection) == 0
         ok = client.post("/v1/jobs", json={"task": "echo"}, headers={"Authorization": "Bearer k2"})
