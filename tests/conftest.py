@@ -10,6 +10,7 @@ session; their function-scoped fixtures hand them out cleared:
 * ``spotlight``         - the Spotlight sidecar (session process ``spotlight_sidecar``)
 * ``oteltap``           - the oteltap receiver (session receiver ``oteltap_receiver``)
 * ``free_port``         - a TCP port on 127.0.0.1 that was free a moment ago
+* ``silent_server``     - a URL that accepts connections and never answers
 
 A peer that cannot run here (no redis-server, no node >= 20) fails the test with a
 clear message: these tests are never skipped.
@@ -17,6 +18,8 @@ clear message: these tests are never skipped.
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, TypeVar
 
@@ -102,3 +105,30 @@ def oteltap_receiver() -> Iterator[OtelTap]:
 def oteltap(oteltap_receiver: OtelTap) -> OtelTap:
     oteltap_receiver.clear()
     return oteltap_receiver
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """Accepts connections and never answers: the worst collector or Sentry there is."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    listener.close()

@@ -3,45 +3,15 @@ when the collector or Sentry does not answer."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
-from collections.abc import Iterator
 
-import pytest
 import sentry_sdk
 from werkzeug.serving import make_server
 
 from gateway.doctor import _sentry_tracing_check
 from tests.harness import gateways
 from tests.peers.envelope import EnvelopeReceiver
-
-
-@pytest.fixture
-def silent_server() -> Iterator[str]:
-    """Accepts connections and never answers: the worst collector or Sentry there is."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        listener.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                held.append(listener.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    stop.set()
-    thread.join()
-    for conn in held:
-        conn.close()
-    listener.close()
 
 
 def test_readyz_reports_redis(redis_url: str, free_port: int) -> None:

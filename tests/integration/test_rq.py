@@ -401,10 +401,17 @@ def test_delayed_job_can_start_a_linked_trace(
 
 
 @pytest.mark.parametrize("export", ["handoff", "flush"])
+@pytest.mark.parametrize("peer", ["closed", "silent"])
 def test_dead_collector_and_sentry_cost_at_most_the_flush_deadline(
-    export: str, env: dict[str, str], connection: redis.Redis, free_port: int
+    peer: str,
+    export: str,
+    env: dict[str, str],
+    connection: redis.Redis,
+    free_port: int,
+    silent_server: str,
 ) -> None:
-    dead = f"http://127.0.0.1:{free_port}"
+    # A closed port refuses at once; a silent server holds every send until its timeout.
+    dead = f"http://127.0.0.1:{free_port}" if peer == "closed" else silent_server
     env = {
         **env,
         "OTEL_EXPORTER_OTLP_ENDPOINT": dead,
@@ -422,8 +429,28 @@ def test_dead_collector_and_sentry_cost_at_most_the_flush_deadline(
     elapsed = time.monotonic() - started
     statuses = {Job.fetch(j.id, connection=connection).get_status() for j in jobs}
     assert statuses == {"failed", "finished"}
-    # Without the deadline a dead collector holds each work horse for many seconds.
+    # Without the deadline a silent collector holds each work horse for its export
+    # timeout (10 s by default): 50 jobs would take minutes.
     assert elapsed < 50 * 0.2 + 20, f"50 jobs took {elapsed:.1f}s"
+
+
+@pytest.mark.parametrize("export", ["handoff", "flush"])
+def test_a_horse_with_nothing_pending_does_not_wait_for_its_deadline(
+    export: str,
+    env: dict[str, str],
+    connection: redis.Redis,
+    otlp_receiver: OTLPReceiver,
+) -> None:
+    env = {**env, "TRACEGATE_RQ_FLUSH_TIMEOUT_S": "3", "TRACEGATE_RQ_EXPORT": export}
+    queue = TracedQueue("default", connection=connection)
+    jobs = [queue.enqueue("tests.jobs.functions.traced_echo", str(i)) for i in range(10)]
+    started = time.monotonic()
+    run_worker(env, "fork")
+    elapsed = time.monotonic() - started
+    for job in jobs:
+        consumer_spans(otlp_receiver, job.id)  # every job's spans were exported ...
+    # ... and no horse sat out its 3 s deadline once they were: that alone is 30 s.
+    assert elapsed < 15, f"10 jobs took {elapsed:.1f}s"
 
 
 def test_delayed_job_kwargs_stay_the_tasks_arguments(
