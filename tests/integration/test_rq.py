@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -451,6 +452,43 @@ def test_a_horse_with_nothing_pending_does_not_wait_for_its_deadline(
         consumer_spans(otlp_receiver, job.id)  # every job's spans were exported ...
     # ... and no horse sat out its 3 s deadline once they were: that alone is 30 s.
     assert elapsed < 15, f"10 jobs took {elapsed:.1f}s"
+
+
+@pytest.mark.parametrize("worker_class", ["fork", "simple"])
+def test_warm_shutdown_flushes_what_the_worker_still_holds(
+    worker_class: str,
+    env: dict[str, str],
+    gateway: Gateway,
+    connection: redis.Redis,
+    otlp_receiver: OTLPReceiver,
+) -> None:
+    # Spans wait 60 s in the batch queue: only the shutdown's flush can send them.
+    env = {**env, "OTEL_BSP_SCHEDULE_DELAY": "60000"}
+    job, trace_id = enqueue_traced(gateway, connection, "traced_echo", "x")
+    process = subprocess.Popen(
+        [TRACEGATE, "worker", "--worker-class", worker_class],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while Job.fetch(job.id, connection=connection).get_status() != "finished":
+            assert time.monotonic() < deadline, "the job did not run"
+            time.sleep(0.1)
+        assert not [s for s in otlp_receiver.spans if s.kind_name == "CONSUMER"]
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            kill_session(process.pid)
+            process.wait()
+    assert process.returncode == 0, output
+    (consumer,) = consumer_spans(otlp_receiver, job.id)
+    assert consumer.trace_id_hex == trace_id
 
 
 def test_delayed_job_kwargs_stay_the_tasks_arguments(
