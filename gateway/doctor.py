@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 import redis
 
 from gateway.embedded import embedded_url
+from gateway.progress import wait_until
 from gateway.settings import Settings
 from otel import ids
 from otel.rq import TRACED_FIELD
@@ -184,24 +185,6 @@ def _workers_check(settings: Settings) -> Check:
 # -- live probe -----------------------------------------------------------------------
 
 
-def _wait(what: Callable[[], bool], out: TextIO, label: str, wait_s: float) -> bool:
-    deadline = time.monotonic() + wait_s
-    shown = False
-    while time.monotonic() < deadline:
-        if what():
-            if shown:
-                print(file=out, flush=True)
-            return True
-        if out.isatty():
-            left = int(deadline - time.monotonic())
-            print(f"\r  waiting for {label} ... {left:2d}s", end="", file=out, flush=True)
-            shown = True
-        time.sleep(0.3)
-    if shown:
-        print(file=out, flush=True)
-    return False
-
-
 def probe_checks(settings: Settings, url: str, out: TextIO, wait_s: float = 15.0) -> list[Check]:
     checks: list[Check] = []
     if not url.startswith(("http://", "https://")):
@@ -285,7 +268,7 @@ def _probe(settings: Settings, url: str, out: TextIO, wait_s: float, checks: lis
 
         return ready
 
-    if _wait(has({"SERVER"}), out, "the server span", wait_s):
+    if wait_until(has({"SERVER"}), out, "the server span", wait_s):
         server = next(s for s in store["spans"] if s["kind"] == "SERVER")
         ok = server["parent_span_id"] == parent
         checks.append(
@@ -314,7 +297,7 @@ def _probe(settings: Settings, url: str, out: TextIO, wait_s: float, checks: lis
                 "enable TRACEGATE_DEMO_TASKS=1 for the probe",
             )
         )
-    elif _wait(has({"PRODUCER", "CONSUMER"}), out, "the job's spans", wait_s):
+    elif wait_until(has({"PRODUCER", "CONSUMER"}), out, "the job's spans", wait_s):
         consumer = next(s for s in store["spans"] if s["kind"] == "CONSUMER")
         checks.append(Check("Job spans", OK, f"{consumer['name']} by {consumer['service']}"))
     else:
@@ -331,7 +314,7 @@ def _probe(settings: Settings, url: str, out: TextIO, wait_s: float, checks: lis
             )
         )
     del job
-    if _wait(has(set(), events=2), out, "the Sentry events", wait_s):
+    if wait_until(has(set(), events=2), out, "the Sentry events", wait_s):
         titles = ", ".join(e["title"][:24] for e in store["sentry_events"][:2])
         where = "sent to Sentry" if settings.telemetry.sentry_dsn else "kept locally"
         checks.append(Check("Sentry events", OK, f"{titles} ({where})"))

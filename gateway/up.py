@@ -20,6 +20,7 @@ from typing import TextIO
 from urllib.parse import urlsplit
 
 from gateway.embedded import EmbeddedRedis
+from gateway.progress import wait_until
 from gateway.settings import Settings, configured
 
 __all__ = ["run_up"]
@@ -77,19 +78,22 @@ def _kill_session(session_id: int) -> None:
             continue
 
 
-def _wait_ready(url: str, children: _Children, timeout_s: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if children.exited():
-            return False
+def _wait_ready(url: str, children: _Children, out: TextIO, timeout_s: float = 30.0) -> bool:
+    def answers() -> bool:
         try:
             with urllib.request.urlopen(url + "/healthz", timeout=1) as response:
-                if response.status == 200:
-                    return True
+                return bool(response.status == 200)
         except OSError:
-            pass
-        time.sleep(0.1)
-    return False
+            return False
+
+    return wait_until(
+        answers,
+        out,
+        "the gateway and the worker",
+        timeout_s,
+        give_up=lambda: children.exited() is not None,
+        interval=0.1,
+    )
 
 
 def _short(path: Path) -> str:
@@ -162,7 +166,7 @@ def run_up(settings: Settings, environ: Mapping[str, str], out: TextIO = sys.std
         queues = [arg for name in settings.queues for arg in ("--queue", name)]
         children.start("worker", [_tracegate(), "worker", *queues], worker_env)
         base = f"http://{host}:{port}"
-        if not stopping and not _wait_ready(base, children):
+        if not stopping and not _wait_ready(base, children, out):
             print(f"tracegate: the gateway did not become ready on {base}", file=sys.stderr)
             return 1
         if not stopping:
