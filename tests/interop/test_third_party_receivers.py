@@ -71,3 +71,40 @@ def test_unsampled_inbound_reaches_neither_as_trace_but_errors_link(
     oteltap.wait_for_span(lambda s: s.trace_id_hex == other)
     assert not [t for t in spotlight.transactions() if _trace_id(t) == TRACE]
     assert not [s for s in oteltap.spans if s.trace_id_hex == TRACE]
+
+
+@pytest.mark.parametrize(
+    ("headers", "trace_id", "parent"),
+    [
+        ({"sentry-trace": f"{TRACE}-{PARENT}-1"}, TRACE, PARENT),  # continued
+        ({"X-Trace-ID": "5bf92f35-77b3-4da6-a3ce-929d0e0e4736"}, TRACE, ""),  # adopted
+        ({"traceparent": f"00-{TRACE.upper()}-{PARENT}-01"}, None, ""),  # invalid: new trace
+    ],
+    ids=["sentry-trace", "x-trace-id", "malformed"],
+)
+def test_every_inbound_spelling_holds_at_spotlight_and_oteltap(
+    headers: dict[str, str],
+    trace_id: str | None,
+    parent: str,
+    make_gateway: GatewayFactory,
+    spotlight: SpotlightSidecar,
+    oteltap: OtelTap,
+) -> None:
+    gateway = make_gateway()
+    response = gateway.client.get("/example", headers=headers)
+    assert response.status_code == 200 and response.json is not None
+    expected = trace_id or response.json["trace_id"]
+    if trace_id is None:
+        assert expected != TRACE  # the malformed header started a trace of its own
+    gateway.flush()
+    message = spotlight.wait_for(
+        lambda e: e["message"] == "Example route accessed", item_type="event"
+    )
+    transaction = spotlight.wait_for(
+        lambda t: t["transaction"] == "GET /example", item_type="transaction"
+    )
+    span = oteltap.wait_for_span(lambda s: s.name == "GET /example")
+    assert _trace_id(message) == _trace_id(transaction) == span.trace_id_hex == expected
+    assert transaction["contexts"]["trace"].get("parent_span_id", "") == parent
+    assert span.parent_span_id_hex == parent
+    assert span.span_id_hex == transaction["contexts"]["trace"]["span_id"]
