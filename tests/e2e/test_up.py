@@ -13,6 +13,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import redis
+from rq.job import Job
+
 TRACEGATE = str(Path(sys.executable).with_name("tracegate"))
 TRACE = "abf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "50f067aa0ba902b7"
@@ -174,3 +177,38 @@ def test_a_closed_terminal_stops_everything_too(tmp_path: Path, free_port: int) 
     process.communicate(timeout=60)
     time.sleep(0.5)
     assert not [pid for pid in children if _alive(pid)], "processes left behind"
+
+
+def test_up_runs_against_the_redis_it_is_given(
+    tmp_path: Path, free_port: int, redis_url: str
+) -> None:
+    process = subprocess.Popen(
+        [TRACEGATE, "up", "--port", str(free_port)],
+        cwd=tmp_path,
+        env={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "REDIS_URL": redis_url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{free_port}"
+    try:
+        assert process.stdout is not None
+        banner = []
+        for line in process.stdout:
+            banner.append(line)
+            if line.startswith("Ctrl-C stops everything"):
+                break
+        netloc = redis_url.split("://", 1)[1].split("/", 1)[0]
+        assert f"  redis    {netloc}\n" in banner, banner
+        assert not (tmp_path / ".tracegate").exists()  # no embedded Redis was started
+        created = _json(f"{base}/v1/jobs", {"task": "echo", "args": [1]})
+        connection = redis.Redis.from_url(redis_url)
+        assert connection.exists(f"rq:job:{created['job_id']}")  # the given server has it
+        deadline = time.monotonic() + 30
+        while Job.fetch(created["job_id"], connection=connection).get_status() != "finished":
+            assert time.monotonic() < deadline, "the job did not run"
+            time.sleep(0.2)
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=60)
+    assert process.returncode == 0
