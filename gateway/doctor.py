@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import redis
 
+from gateway import redisconn
 from gateway.embedded import embedded_url
 from gateway.progress import wait_until
 from gateway.settings import Settings
@@ -137,7 +138,7 @@ def _otlp_check(settings: Settings) -> Check:
 
 def _redis_check(settings: Settings) -> Check:
     try:
-        redis.Redis.from_url(settings.redis, socket_connect_timeout=2.0).ping()
+        redisconn.connect(settings.redis).ping()
     except (redis.RedisError, OSError) as error:
         return Check(
             "Redis",
@@ -159,7 +160,7 @@ def _workers_check(settings: Settings) -> Check:
     from rq import Worker
 
     try:
-        connection = redis.Redis.from_url(settings.redis, socket_connect_timeout=2.0)
+        connection = redisconn.connect(settings.redis)
         workers = Worker.all(connection=connection)
         marks = [connection.hget(w.key, TRACED_FIELD) for w in workers]
     except (redis.RedisError, OSError):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway import redisconn
 from gateway.store import StoreLimits
 from gateway.tasks import DEMO_TASKS, Registry
 from otel.config import ConfigError, EnvReader, TelemetryConfig
@@ -152,10 +153,9 @@ class Settings:
             # On the default timeout, an upstream shares the default's one problem line.
             if upstream.timeout_s != self.proxy_timeout_s and not _positive(upstream.timeout_s):
                 found.append(f"TRACEGATE_PROXY_TIMEOUTS: {name}: must be a positive number")
-        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            found.append(
-                f"REDIS_URL: {self.redis_url!r} is not a redis://, rediss:// or unix:// URL"
-            )
+        redis_problem = redisconn.problem(self.redis_url) if self.redis_url else None
+        if redis_problem:  # not echoed: the URL may hold a password
+            found.append(f"REDIS_URL {redis_problem}")
         return found
 
 

@@ -26,6 +26,7 @@ import redis
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from gateway.redisconn import reconnect
 from otel import ids
 
 __all__ = ["StoreExporter", "StoreLimits", "TraceStore", "span_record"]
@@ -178,9 +179,7 @@ class TraceStore:
         inherited one: a span-export thread of the parent may have held that pool's lock
         at the fork, and redis-py's reset would then wait for it forever."""
         if self._pid != os.getpid():
-            pool = self._connection.connection_pool
-            fresh = type(pool)(connection_class=pool.connection_class, **pool.connection_kwargs)
-            self._connection = redis.Redis(connection_pool=fresh)
+            self._connection = reconnect(self._connection)
             self._pid = os.getpid()
         return self._connection
 

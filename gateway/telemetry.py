@@ -7,6 +7,7 @@ from typing import Any
 import redis
 
 import otel
+from gateway import redisconn
 from gateway.metrics import CounterBoard
 from gateway.settings import Settings
 from gateway.store import StoreExporter, TraceStore, event_summary
@@ -17,7 +18,7 @@ __all__ = ["connect", "counter_board", "start_telemetry"]
 
 
 def connect(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(settings.redis, socket_connect_timeout=2.0, socket_timeout=5.0)
+    return redisconn.connect(settings.redis)
 
 
 def counter_board(settings: Settings, telemetry: otel.Telemetry) -> CounterBoard:
@@ -26,9 +27,7 @@ def counter_board(settings: Settings, telemetry: otel.Telemetry) -> CounterBoard
     connection = None
     if settings.redis_url:
         # Short timeouts: a scrape or the publishing thread must not hang on a dead Redis.
-        connection = redis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=0.25, socket_timeout=1.0
-        )
+        connection = redisconn.connect(settings.redis_url, connect_timeout=0.25, timeout=1.0)
     board = CounterBoard(connection, telemetry.counters, telemetry.config.service_name)
     board.start()
     return board
@@ -40,9 +39,7 @@ def start_telemetry(settings: Settings) -> tuple[otel.Telemetry, TraceStore | No
         return otel.setup(settings.telemetry), None
     # The store's own client, with short timeouts: it writes from inside requests and
     # jobs (Sentry events), which a slow or absent Redis must not hold up.
-    store_connection = redis.Redis.from_url(
-        settings.redis, socket_connect_timeout=0.25, socket_timeout=1.0
-    )
+    store_connection = redisconn.connect(settings.redis, connect_timeout=0.25, timeout=1.0)
     store = TraceStore(store_connection, settings.store_limits)
 
     def keep_event(event: dict[str, Any]) -> None:

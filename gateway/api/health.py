@@ -6,6 +6,7 @@ import flask
 import sentry_sdk
 from sentry_sdk.tracing_utils import has_tracing_enabled
 
+from gateway import redisconn
 from gateway.errors import error_response
 
 __all__ = ["blueprint"]
@@ -33,7 +34,7 @@ def readyz() -> flask.Response:
         import redis
 
         try:
-            redis.Redis.from_url(settings.redis_url, socket_timeout=1.0).ping()
+            redisconn.connect(settings.redis_url, connect_timeout=1.0, timeout=1.0).ping()
             checks["redis"] = "ok"
         except (redis.RedisError, OSError) as error:
             checks["redis"] = f"unreachable: {type(error).__name__}"
