@@ -3,15 +3,19 @@
 Telemetry is set up in the worker process (and again, by the traced worker class, in
 a spawned work horse); a forked work horse inherits it and flushes before it exits.
 rq's warm shutdown (SIGTERM/SIGINT) finishes the current job; telemetry is flushed
-after the worker stops.
+after the worker stops. rq's worker quits on a Redis error outside its dequeue (a
+Sentinel failover, a restarted Redis): this one waits for Redis and works again.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
+import redis
 from rq.worker import BaseWorker
 
 import otel
@@ -26,6 +30,8 @@ from otel.rq import (
 )
 
 __all__ = ["WORKER_CLASSES", "run_worker"]
+
+logger = logging.getLogger(__name__)
 
 WORKER_CLASSES = {
     "fork": "gateway.worker.GatewayWorker",
@@ -79,14 +85,55 @@ def run_worker(
     connection = connect(settings)
     telemetry, _ = start_telemetry(settings)
     counter_board(settings, telemetry)  # what it and its work horses lose, on /metrics
-    worker = load_worker_class(worker_class)(
-        [TracedQueue(name, connection=connection) for name in queues],
-        connection=connection,
-        job_class=TracedJob,
-        queue_class=TracedQueue,
-    )
+    cls = load_worker_class(worker_class)
+    quick_exits = 0
     try:
-        worker.work(burst=burst, with_scheduler=True)
+        while True:
+            worker = cls(
+                [TracedQueue(name, connection=connection) for name in queues],
+                connection=connection,
+                job_class=TracedJob,
+                queue_class=TracedQueue,
+            )
+            started = time.monotonic()
+            try:
+                worker.work(burst=burst, with_scheduler=True)
+            except (redis.RedisError, OSError) as error:  # raised by rq's own teardown
+                logger.warning("tracegate: the worker lost Redis: %s", error)
+            if burst or _stopped(worker):
+                return 0
+            # rq quits on a Redis error outside its dequeue (a failover, a restart, a
+            # network blip): wait for Redis and work again, unless it keeps quitting.
+            quick_exits = quick_exits + 1 if time.monotonic() - started < 5 else 1
+            if quick_exits > _MAX_QUICK_EXITS or not _await_redis(connection, worker):
+                return 0 if _stopped(worker) else 1
+            # What the last work horse handed over under this worker's name (the next
+            # worker gets a new one), if Redis lost the connection before it was read.
+            take_over = getattr(worker, "_take_over_spans", None)
+            if take_over is not None:
+                take_over()
+            logger.warning("tracegate: Redis is back; the worker starts again")
     finally:
         telemetry.shutdown()
-    return 0
+
+
+_MAX_QUICK_EXITS = 5
+
+
+def _stopped(worker: BaseWorker) -> bool:
+    """A warm or cold shutdown was asked for (rq marks an idle worker only by the date)."""
+    return bool(worker._stop_requested or getattr(worker, "_shutdown_requested_date", None))
+
+
+def _await_redis(connection: redis.Redis, worker: BaseWorker) -> bool:
+    """True once Redis answers; False when a stop is asked for meanwhile (rq's signal
+    handlers, still in place, mark the stopped worker)."""
+    delay = 0.25
+    while not _stopped(worker):
+        try:
+            connection.ping()
+            return True
+        except (redis.RedisError, OSError):
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    return False

@@ -33,6 +33,7 @@ _QUEUE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _MAX_DELAY_S = 7 * 24 * 3600
 _MAX_RETRIES = 25
+_REPLICA_WAIT_MS = 1000
 
 
 def _settings() -> Settings:
@@ -96,8 +97,28 @@ def create_job() -> tuple[flask.Response, int, dict[str, str]]:
             job = queue.enqueue_call(task.rq_path, args=args, kwargs=kwargs, **options)
     except (redis.RedisError, OSError) as error:
         raise ApiError(503, "queue_unavailable", "the job queue cannot be reached") from error
+    _await_replicas(queue.connection, job.id)
     body = {**_trace_ids(job), "job_id": job.id, "status_url": f"/v1/jobs/{job.id}"}
     return flask.jsonify(body), 202, {"Location": body["status_url"]}
+
+
+def _await_replicas(connection: redis.Redis, job_id: str) -> None:
+    """With TRACEGATE_REDIS_WAIT_REPLICAS, a job is acknowledged only once that many
+    replicas have it, so a failover to one of them cannot lose it."""
+    wanted = _settings().redis_wait_replicas
+    if not wanted:
+        return
+    try:
+        confirmed = int(connection.wait(wanted, _REPLICA_WAIT_MS))
+    except (redis.RedisError, OSError):
+        confirmed = -1
+    if confirmed < wanted:
+        # Not acknowledged: the job may still run (at least once), so say which it is.
+        raise ApiError(
+            503,
+            "queue_unavailable",
+            f"job {job_id} is not on {wanted} replica(s) yet; it may still run",
+        )
 
 
 def _delay(value: Any) -> float:

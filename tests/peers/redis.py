@@ -14,6 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from .base import LOOPBACK, PeerContext, PeerUnavailableError, free_port
@@ -50,8 +51,11 @@ def _ping(port: int) -> bool:
 class RedisServer(PeerContext):
     """``redis-server --port N --bind 127.0.0.1`` in a temp dir, for one test session."""
 
-    def __init__(self, binary: str | None = None, durable: bool = False) -> None:
+    def __init__(
+        self, binary: str | None = None, durable: bool = False, extra_args: Sequence[str] = ()
+    ) -> None:
         self._binary = binary
+        self.extra_args = tuple(extra_args)  # e.g. --replicaof 127.0.0.1 <port>
         # Durable: every write is in the append-only file before Redis answers, so a
         # SIGKILL loses nothing that was acknowledged (`kill()` then `restart()`).
         self.durable = durable
@@ -86,7 +90,8 @@ class RedisServer(PeerContext):
         persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else [
             "--appendonly", "no"]  # fmt: skip
         args = [binary, "--port", str(port), "--bind", LOOPBACK, "--save", "",
-                *persistence, "--daemonize", "no", "--logfile", str(log)]  # fmt: skip
+                *persistence, "--daemonize", "no", "--logfile", str(log),
+                *self.extra_args]  # fmt: skip
         return subprocess.Popen(
             args,
             cwd=self._workdir.name,
