@@ -149,3 +149,21 @@ def test_demo_tasks_are_off_unless_asked_for(redis_url: str) -> None:
     with gateways({"REDIS_URL": redis_url}) as make:
         response = make().client.post("/v1/jobs", json={"task": "echo"})
     assert response.status_code == 404
+
+
+def test_a_job_no_replica_confirmed_is_not_acknowledged(
+    redis_url: str, connection: redis.Redis
+) -> None:
+    env = {
+        "REDIS_URL": redis_url,
+        "TRACEGATE_DEMO_TASKS": "1",
+        "TRACEGATE_REDIS_WAIT_REPLICAS": "1",
+    }
+    with gateways(env) as make:
+        response = make().client.post("/v1/jobs", json={"task": "echo"}, headers=TRACED)
+    # The test's Redis has no replica: WAIT gives up after its second.
+    assert response.status_code == 503 and response.json is not None
+    error = response.json["error"]
+    assert error["code"] == "queue_unavailable" and error["trace_id"] == TRACE
+    job_id = error["message"].split()[1]
+    assert connection.exists(f"rq:job:{job_id}")  # it was queued, and says so: it may run
