@@ -10,6 +10,16 @@ workers = 2
 threads = 4
 worker_class = "gthread"
 graceful_timeout = 10
+# The app, and with it telemetry (exporter threads, Sentry's sender, Redis pools), is
+# built in each worker after the fork, never in the master.
+preload_app = False
+
+
+def post_fork(server, worker):
+    if server.cfg.preload_app:
+        # create_app would have run in the master: every worker would share its
+        # telemetry's threads and sockets. Build it after the fork instead.
+        raise RuntimeError("tracegate: run gunicorn without --preload")
 
 
 def worker_exit(server, worker):

@@ -18,6 +18,13 @@ import pytest
 from tests.peers import EnvelopeReceiver, OTLPReceiver
 
 TRACEGATE = str(Path(sys.executable).with_name("tracegate"))
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def gunicorn_settings() -> dict[str, object]:
+    from gunicorn.config import Config
+
+    return dict(Config().settings)
 
 
 def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
@@ -26,10 +33,21 @@ def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str
         return response.status, dict(response.headers), response.read()
 
 
-@pytest.fixture
+@pytest.fixture(params=["tracegate serve", "gunicorn -c config/gunicorn.conf.py"])
 def served(
-    free_port: int, envelope_receiver: EnvelopeReceiver, otlp_receiver: OTLPReceiver
+    request: pytest.FixtureRequest,
+    free_port: int,
+    envelope_receiver: EnvelopeReceiver,
+    otlp_receiver: OTLPReceiver,
 ) -> Iterator[str]:
+    if request.param == "tracegate serve":
+        args = [TRACEGATE, "serve", "--port", str(free_port), "--workers", "2", "--threads", "1"]
+    else:  # your own gunicorn, with the example configuration
+        gunicorn = str(Path(sys.executable).with_name("gunicorn"))
+        config = str(ROOT / "config" / "gunicorn.conf.py")
+        args = [gunicorn, "-c", config, "--bind", f"127.0.0.1:{free_port}", "--threads", "1"]
+        if "control_socket_disable" in gunicorn_settings():
+            args.append("--no-control-socket")
     env = {
         "PATH": os.environ.get("PATH", ""),
         "SENTRY_DSN": envelope_receiver.dsn,
@@ -37,8 +55,9 @@ def served(
         "OTEL_BSP_SCHEDULE_DELAY": "100",
     }
     process = subprocess.Popen(
-        [TRACEGATE, "serve", "--port", str(free_port), "--workers", "2", "--threads", "1"],
+        args,
         env=env,
+        cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -54,7 +73,7 @@ def served(
         if process.poll() is not None or time.monotonic() > deadline:
             output = process.stdout.read().decode() if process.stdout else ""
             process.kill()
-            pytest.fail(f"tracegate serve did not start:\n{output}")
+            pytest.fail(f"{request.param} did not start:\n{output}")
         time.sleep(0.1)
     try:
         yield base
