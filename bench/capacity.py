@@ -1,0 +1,231 @@
+"""Capacity: what one gateway process and one worker carry here, and how they add up.
+
+- Workers: N trivial traced jobs (`TracedQueue`, enqueued inside a span) drained by 1, 2
+  and 4 `tracegate worker --burst` processes (forking, handing spans over, exporting to
+  a live local OTLP receiver) on one real redis-server. jobs/s is N over the time from
+  the first job's start to the last job's end as rq recorded them (the workers' start-up
+  is not counted); the receiver must have N consumer spans.
+- Gateways: `POST /v1/jobs` (an echo job each, traced, acknowledged once Redis has it)
+  against `tracegate serve` with 1 and 2 gunicorn worker processes (4 threads each), for
+  a fixed time from 8 keep-alive client processes on loopback; requests/s, p50/p99.
+
+`python -m bench.capacity [--quick]`; run by `make bench`. On a 2-core machine more than
+two processes of one kind share the cores with each other and with Redis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the client processes import nothing heavy: they start on time
+    from tests.peers.otlp import OTLPReceiver
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+JOB = "tests.jobs.functions.traced_echo"
+CLIENTS = 8
+
+
+def _log(message: str) -> None:
+    print(f"[capacity] {message}", file=sys.stderr, flush=True)
+
+
+def _env(redis_url: str, otlp: OTLPReceiver) -> dict[str, str]:
+    return {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": str(ROOT),
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "REDIS_URL": redis_url,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint,
+        "OTEL_SERVICE_NAME": "tracegate-capacity",
+        "TRACEGATE_STORE": "0",
+        "TRACEGATE_DEMO_TASKS": "1",
+    }
+
+
+def _workers(redis_url: str, otlp: OTLPReceiver, count: int, jobs: int) -> float:
+    """jobs/s of `count` workers draining `jobs` traced jobs."""
+    import redis
+    from rq.job import Job
+
+    from otel.rq import TracedQueue
+
+    connection = redis.Redis.from_url(redis_url)
+    connection.flushall()
+    otlp.clear()
+    queue = TracedQueue("default", connection=connection)
+    ids = [job.id for job in queue.enqueue_many(
+        TracedQueue.prepare_data(JOB, (str(i),)) for i in range(jobs)
+    )]  # fmt: skip
+    env = _env(redis_url, otlp)
+    processes = [
+        subprocess.Popen(
+            [str(BIN / "tracegate"), "worker", "--burst"],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(count)
+    ]
+    for process in processes:
+        process.wait(timeout=600)
+    done = [Job.fetch(job_id, connection=connection) for job_id in ids]
+    first = min(job.started_at for job in done if job.started_at)
+    last = max(job.ended_at for job in done if job.ended_at)
+    otlp.wait_for_spans(lambda s: s.kind_name == "CONSUMER", jobs, timeout=60)
+    return jobs / (last - first).total_seconds()
+
+
+def client(port: int, start_at: float, stop_at: float) -> None:
+    """One keep-alive client posting echo jobs back to back; prints latencies, errors."""
+    body = json.dumps({"task": "echo", "args": ["x"]})
+    headers = {"content-type": "application/json"}
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    latencies: list[float] = []
+    errors = 0
+    while time.time() < start_at:
+        time.sleep(0.001)
+    while time.time() < stop_at:
+        started = time.perf_counter()
+        try:
+            connection.request("POST", "/v1/jobs", body, headers)
+            response = connection.getresponse()
+            response.read()
+        except (OSError, http.client.HTTPException):
+            errors += 1
+            connection.close()
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            continue
+        if response.status != 202:
+            errors += 1
+        latencies.append(time.perf_counter() - started)
+    print(json.dumps([latencies, errors]))
+
+
+def _gateway(
+    redis_url: str, otlp: OTLPReceiver, processes: int, seconds: float
+) -> dict[str, float]:
+    from tests.peers.base import free_port
+
+    port = free_port()
+    env = {**_env(redis_url, otlp), "TRACEGATE_LOG_FORMAT": "json"}
+    server = subprocess.Popen(
+        [str(BIN / "tracegate"), "serve", "--port", str(port), "--workers", str(processes),
+         "--threads", "4"],
+        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("tracegate serve did not start") from None
+                time.sleep(0.1)
+        start_at = time.time() + 2.0
+        stop_at = start_at + seconds
+        command = [sys.executable, "-m", "bench.capacity", "--client", str(port),
+                   str(start_at), str(stop_at)]  # fmt: skip
+        clients = [
+            subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+            for _ in range(CLIENTS)
+        ]
+        latencies: list[float] = []
+        errors = 0
+        for one in clients:
+            out, _ = one.communicate(timeout=seconds + 60)
+            some, failed = json.loads(out)
+            latencies += some
+            errors += failed
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    latencies.sort()
+    return {
+        "rps": len(latencies) / seconds,
+        "p50": latencies[len(latencies) // 2] * 1000 if latencies else 0.0,
+        "p99": latencies[int(len(latencies) * 0.99)] * 1000 if latencies else 0.0,
+        "errors": errors,
+    }
+
+
+def run(quick: bool) -> list[str]:
+    import redis
+
+    from tests.peers.otlp import OTLPReceiver
+    from tests.peers.redis import RedisServer
+
+    jobs = 400 if quick else 2000
+    seconds = 3.0 if quick else 10.0
+    repeats = 1 if quick else 3
+    worker_counts = (1, 2, 4)
+    rates: dict[int, list[float]] = {n: [] for n in worker_counts}
+    gateways: dict[int, list[dict[str, float]]] = {1: [], 2: []}
+    with RedisServer() as server, OTLPReceiver() as otlp:
+        for repeat in range(repeats):  # interleaved: 1 2 4 1 2 4 ...
+            for count in worker_counts:
+                _log(f"round {repeat + 1}: {count} worker(s), {jobs} jobs")
+                rates[count].append(_workers(server.url, otlp, count, jobs))
+            for processes in gateways:
+                _log(f"round {repeat + 1}: gateway with {processes} process(es), {seconds:g} s")
+                redis.Redis.from_url(server.url).flushall()
+                gateways[processes].append(_gateway(server.url, otlp, processes, seconds))
+    one_worker = statistics.median(rates[1])
+    lines = [
+        f"### Capacity ({'quick' if quick else 'full'} mode)",
+        "",
+        f"Traced forking workers draining {jobs:,} trivial jobs (median of {repeats}):",
+        "",
+        "| workers | jobs/s | per worker | x one worker |",
+        "|---:|---:|---:|---:|",
+    ]
+    for count in worker_counts:
+        rate = statistics.median(rates[count])
+        lines.append(f"| {count} | {rate:,.0f} | {rate / count:,.0f} | {rate / one_worker:.2f} |")
+    lines += [
+        "",
+        f"`POST /v1/jobs` through `tracegate serve --threads 4`, {CLIENTS} clients, "
+        f"{seconds:g} s (median of {repeats}):",
+        "",
+        "| gateway processes | requests/s | per process | p50 ms | p99 ms | errors |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for processes, results in gateways.items():
+        best = sorted(results, key=lambda r: r["rps"])[len(results) // 2]
+        lines.append(
+            f"| {processes} | {best['rps']:,.0f} | {best['rps'] / processes:,.0f} | "
+            f"{best['p50']:.1f} | {best['p99']:.1f} | {best['errors']:.0f} |"
+        )
+    lines += [
+        "",
+        f"`python -m bench.capacity{' --quick' if quick else ''}`, {os.cpu_count()} cores, "
+        f"{datetime.date.today().isoformat()}.",
+    ]
+    return lines
+
+
+def main() -> None:
+    if len(sys.argv) == 5 and sys.argv[1] == "--client":
+        client(int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]))
+        return
+    parser = argparse.ArgumentParser(prog="python -m bench.capacity")
+    parser.add_argument("--quick", action="store_true")
+    print("\n".join(run(parser.parse_args().quick)))
+
+
+if __name__ == "__main__":
+    main()
