@@ -18,7 +18,9 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from opentelemetry.context import Context
@@ -34,6 +36,9 @@ __all__ = ["HandoffProcessor"]
 
 logger = logging.getLogger(__name__)
 _MAX_BUFFERED = 10_000
+# Spans started while set are announced to the processors only when they come back
+# from a work horse (`feed` replays their start), never where they started.
+_LATER: ContextVar[bool] = ContextVar("tracegate_handoff_announced_later", default=False)
 
 
 class HandoffProcessor(SpanProcessor):
@@ -49,6 +54,16 @@ class HandoffProcessor(SpanProcessor):
         self.dropped = 0
 
     # -- the work horse's side ---------------------------------------------------
+
+    @contextmanager
+    def announced_later(self) -> Iterator[None]:
+        """Spans started in this block, in this context, skip `on_start` here: the
+        worker starts a span that its forked work horse ends and hands back."""
+        token = _LATER.set(True)
+        try:
+            yield
+        finally:
+            _LATER.reset(token)
 
     def start_buffering(self) -> None:
         with self._lock:
@@ -94,7 +109,7 @@ class HandoffProcessor(SpanProcessor):
     # -- SpanProcessor -------------------------------------------------------------
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        if self._buffer is not None:
+        if self._buffer is not None or _LATER.get():
             return
         for processor in self.processors:
             processor.on_start(span, parent_context)

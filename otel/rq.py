@@ -18,8 +18,14 @@ command line::
   whose parent is the carrier, with a link to it. Failures set ERROR, record the
   exception and send one Sentry error linked to the trace — by default only when no
   retry follows. A work horse killed by a signal or by the parent's timeout is
-  reported by the parent from the job's stored carrier. A forked work horse flushes
-  spans and Sentry events before `os._exit`, within `TRACEGATE_RQ_FLUSH_TIMEOUT_S`.
+  reported by the parent from the job's stored carrier. A forked work horse hands its
+  spans to the worker in one RPUSH before `os._exit` and flushes its Sentry events,
+  within `TRACEGATE_RQ_FLUSH_TIMEOUT_S`.
+- A forked work horse is the job's critical path and every page it touches is copied
+  first, so the forking worker does what it can for it: it starts the consumer span
+  before the fork (announced to the processors only when the horse hands it back),
+  and takes over what horses handed over while the next horse runs, at most every
+  0.25 s, or at once when no job is waiting and when it stops.
 
 The workers call `otel.setup()` in `__init__`, which also runs in a spawned work horse,
 so `rq worker -w otel.rq.TracedWorker` needs no code of the user's to set up telemetry.
@@ -81,17 +87,30 @@ _PRODUCER_KEY = "tracegate.rq.producer"
 TRACED_FIELD = "tracegate"
 _SCHEDULED = "scheduled"
 _SYSTEM = "rq"
+# A busy forking worker takes over what its work horses handed over at most this
+# often: after a fork, every page the worker writes to is copied first, so decoding
+# and feeding many payloads at once costs little more than feeding one.
+_TAKE_OVER_EVERY_S = 0.25
 
 
 def _telemetry() -> Telemetry | None:
     return active()
 
 
+# The SDK's get_tracer costs a few microseconds (a warnings filter, two scope objects)
+# on every call: the producer keeps the active telemetry's tracer.
+_producer_tracer: tuple[Telemetry, trace.Tracer] | None = None
+
+
 def _tracer() -> trace.Tracer:
+    global _producer_tracer
     telemetry = _telemetry()
-    if telemetry is not None:
-        return telemetry.tracer(__name__)
-    return trace.get_tracer(__name__)
+    if telemetry is None:
+        return trace.get_tracer(__name__)
+    cached = _producer_tracer
+    if cached is None or cached[0] is not telemetry:
+        cached = _producer_tracer = (telemetry, telemetry.tracer(__name__))
+    return cached[1]
 
 
 def _propagator() -> TracegatePropagator:
@@ -257,6 +276,9 @@ class _TracedWorkerMixin:
     job_class: type[Job]
     connection: Any
     name: str
+    # A forked work horse inherits the consumer span the worker started for it (see
+    # `execute_job`); a spawned one rebuilds the worker and starts its own.
+    _starts_horse_span = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # `rq worker` passes job_class=rq.job.Job unless told otherwise: upgrade it.
@@ -264,8 +286,15 @@ class _TracedWorkerMixin:
             kwargs["job_class"] = TracedJob
         super().__init__(*args, **kwargs)
         self._telemetry = setup()
+        # The SDK's get_tracer costs more than the span it starts; a forked work horse
+        # inherits this one.
+        self._tracer = self._telemetry.tracer(__name__)
         self._span: trace.Span | None = None
         self._job_ctx = otel_context.Context()
+        self._pin_parent: int | None = None
+        self._horse_span: trace.Span | None = None
+        self._handoff_due = False
+        self._took_over_at = 0.0
         self._reported = False
         # rq logs every job exception at ERROR; the consumer span reports it to Sentry.
         from sentry_sdk.integrations.logging import ignore_logger
@@ -314,13 +343,67 @@ class _TracedWorkerMixin:
         return result
 
     # Parent side (the worker process): count attempts before the job runs anywhere,
-    # and take over the spans the work horse handed over when it is done.
+    # and take over the spans the work horse handed over once it is done.
     def execute_job(self, job: Job, queue: Queue) -> Any:
         self._count_attempt(job)
+        self._horse_span = self._start_horse_span(job, queue)
         try:
             return super().execute_job(job, queue)  # type: ignore[misc]
         finally:
-            self._take_over_spans()
+            self._horse_span = None
+            # A SimpleWorker runs the job here: there is nothing to take over.
+            self._handoff_due = not isinstance(self, SimpleWorker)
+
+    def _start_horse_span(self, job: Job, queue: Queue) -> trace.Span | None:
+        """The consumer span a forked work horse will run the job in, started here.
+
+        A work horse's first run through the SDK and the carrier costs it about ten
+        times what it costs this warm process, and the horse is the job's critical
+        path. The span is announced to the processors only when the horse hands it
+        back: a horse that dies takes it along, and the worker reports the job anew.
+        """
+        handoff = self._telemetry.handoff
+        if not self._starts_horse_span or handoff is None:
+            return None
+        with handoff.announced_later():
+            return self._start_consumer(job, queue.name)
+
+    # rq forks (or spawns) the work horse here; only the worker returns from it. What
+    # earlier horses handed over is taken over while the new one runs, so no export,
+    # decoding or Sentry transaction sits between two jobs.
+    def fork_work_horse(self, job: Job, queue: Queue) -> Any:
+        result = super().fork_work_horse(job, queue)  # type: ignore[misc]
+        self._take_over_due(force=False)
+        return result
+
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> Any:
+        """rq's dequeue; with spans still to take over, a waiting job goes first, and
+        before the worker waits for one, they are taken over."""
+        dequeue = super().dequeue_job_and_maintain_ttl  # type: ignore[misc]
+        if not self._handoff_due:
+            return dequeue(timeout, max_idle_time)
+        result = dequeue(None, max_idle_time)  # does not wait
+        if result is None:
+            self._take_over_due()
+            if timeout is not None:
+                result = dequeue(timeout, max_idle_time)
+        return result
+
+    def teardown(self) -> Any:
+        if not getattr(self, "is_horse", False):
+            self._take_over_due()
+        return super().teardown()  # type: ignore[misc]
+
+    def _take_over_due(self, force: bool = True) -> None:
+        if not self._handoff_due:
+            return
+        now = time.monotonic()
+        if not force and now - self._took_over_at < _TAKE_OVER_EVERY_S:
+            return
+        self._handoff_due, self._took_over_at = False, now
+        self._take_over_spans()
 
     def _count_attempt(self, job: Job) -> None:
         """Once per dequeued job (each attempt is a fresh `Job` object)."""
@@ -387,7 +470,11 @@ class _TracedWorkerMixin:
         if handing_off:
             telemetry.handoff.start_buffering()  # type: ignore[union-attr]
         token = open_unit()
-        span = self._start_consumer(job, queue.name)
+        span = self._horse_span if in_horse else None
+        if span is not None:
+            pin(span.get_span_context(), self._pin_parent)
+        else:
+            span = self._start_consumer(job, queue.name)
         self._span, self._reported = span, False
         try:
             with self._activated(span):
@@ -439,7 +526,8 @@ class _TracedWorkerMixin:
         except Exception:  # a job whose carrier or fields are not what we wrote still runs
             logger.exception("tracegate: could not continue the trace of job %s", job.id)
             self._job_ctx = otel_context.Context()
-            return self._telemetry.tracer(__name__).start_span(
+            self._pin_parent = None
+            return self._tracer.start_span(
                 f"process {queue_name}", context=self._job_ctx, kind=SpanKind.CONSUMER
             )
 
@@ -467,7 +555,7 @@ class _TracedWorkerMixin:
         wait = _queue_wait_s(job)
         if wait is not None:
             attributes["messaging.rq.queue_wait_s"] = wait
-        span = self._telemetry.tracer(__name__).start_span(
+        span = self._tracer.start_span(
             f"process {queue_name}",
             context=ctx,
             kind=SpanKind.CONSUMER,
@@ -476,7 +564,8 @@ class _TracedWorkerMixin:
             start_time=start_time,
         )
         is_child = ctx is parent_ctx and parent.is_valid
-        pin(span.get_span_context(), parent.span_id if is_child else None)
+        self._pin_parent = parent.span_id if is_child else None
+        pin(span.get_span_context(), self._pin_parent)
         self._job_ctx = parent_ctx  # its baggage, whichever parent the span took
         return span
 
@@ -606,6 +695,8 @@ class _TracedWorkerMixin:
 
 def _log_job(job: Job, span: trace.Span, began: float) -> None:
     """One line per job, written while its consumer span is current (so it has its ids)."""
+    if not jobs_log.isEnabledFor(logging.INFO):
+        return
     attributes = getattr(span, "attributes", None) or {}
     try:
         raw = job.get_status(refresh=False)
@@ -659,6 +750,8 @@ def _queue_wait_s(job: Job) -> float | None:
 
 class TracedWorker(_TracedWorkerMixin, Worker):
     """rq's forking Worker, traced."""
+
+    _starts_horse_span = True
 
 
 class TracedSimpleWorker(_TracedWorkerMixin, SimpleWorker):
