@@ -15,7 +15,6 @@ import logging
 import os
 import socket
 import threading
-import time
 from typing import Any
 
 import flask
@@ -42,6 +41,7 @@ class CounterBoard:
         self.counters = counters
         self.service = service
         self._started_in: int | None = None
+        self._stopped = threading.Event()
 
     @property
     def process(self) -> str:
@@ -69,9 +69,13 @@ class CounterBoard:
         self._started_in = os.getpid()
         threading.Thread(target=self._loop, name="tracegate-counters", daemon=True).start()
 
+    def stop(self) -> None:
+        """End the publishing thread (a process's telemetry is going away)."""
+        self._stopped.set()
+
     def _loop(self) -> None:
         failing = False
-        while True:
+        while not self._stopped.is_set():
             try:
                 self.publish()
                 failing = False
@@ -79,7 +83,7 @@ class CounterBoard:
                 if not failing:  # once per outage, not every few seconds
                     logger.warning("tracegate: cannot publish counters: %s", error)
                 failing = True
-            time.sleep(self.PUBLISH_EVERY_S)
+            self._stopped.wait(self.PUBLISH_EVERY_S)
 
     def collect(self) -> list[tuple[dict[str, str], dict[Any, int]]]:
         """Every live process's counts; this process's are read fresh."""

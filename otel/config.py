@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import unquote
 
-__all__ = ["SAMPLERS", "ConfigError", "TelemetryConfig"]
+__all__ = ["SAMPLERS", "SENTRY_TRACES", "ConfigError", "TelemetryConfig"]
 
 SAMPLERS = (
     "always_on",
@@ -27,6 +27,8 @@ SAMPLERS = (
     "parentbased_traceidratio",
 )
 _PROTOCOLS = ("http/protobuf", "grpc")
+# TRACEGATE_SENTRY_TRACES: how sampled spans reach Sentry.
+SENTRY_TRACES = ("envelope", "otlp")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 
@@ -66,6 +68,10 @@ class TelemetryConfig:
     sentry_release: str = ""
     sentry_spotlight: str = ""
     sentry_debug: bool = False
+    # "envelope": sampled segments go to Sentry as transaction envelopes built by the
+    # bridge; "otlp": sampled spans go, batched, to Sentry's OTLP endpoint (derived from
+    # the DSN) and the bridge only links errors. Either way errors are linked.
+    sentry_traces: str = "envelope"
     # "uuid" or "hex": how X-Trace-ID and the Sentry `trace_id` tag spell the id.
     trace_id_format: str = "uuid"
     flush_timeout_s: float = 2.0
@@ -90,6 +96,11 @@ class TelemetryConfig:
     @property
     def sentry_enabled(self) -> bool:
         return bool(self.sentry_dsn)
+
+    @property
+    def sentry_otlp_enabled(self) -> bool:
+        """Spans go to Sentry's OTLP endpoint (instead of transaction envelopes)."""
+        return self.sentry_traces == "otlp" and bool(self.sentry_dsn)
 
     @property
     def otlp_enabled(self) -> bool:
@@ -169,6 +180,11 @@ class TelemetryConfig:
                 "TRACEGATE_INBOUND_SAMPLED_FROM: only with TRACEGATE_INBOUND_SAMPLED=honour "
                 "(ignore already ignores every caller's flag)"
             )
+        if self.sentry_traces not in SENTRY_TRACES:
+            found.append(
+                f"TRACEGATE_SENTRY_TRACES: {self.sentry_traces!r} is not one of "
+                + ", ".join(SENTRY_TRACES)
+            )
         if self.trace_id_format not in ("uuid", "hex"):
             found.append(f"TRACEGATE_TRACE_ID_FORMAT: {self.trace_id_format!r} is not uuid or hex")
         for name, value in (
@@ -235,6 +251,7 @@ class TelemetryConfig:
             sentry_release=environ.get("SENTRY_RELEASE", "").strip(),
             sentry_spotlight=_spotlight(environ.get("SENTRY_SPOTLIGHT", "")),
             sentry_debug=reader.flag("SENTRY_DEBUG", False),
+            sentry_traces=reader.choice("TRACEGATE_SENTRY_TRACES", SENTRY_TRACES, "envelope"),
             trace_id_format=environ.get("TRACEGATE_TRACE_ID_FORMAT", "uuid").strip().lower(),
             flush_timeout_s=reader.number("TRACEGATE_FLUSH_TIMEOUT_S", 2.0),
             max_spans_per_segment=int(reader.number("TRACEGATE_MAX_SPANS_PER_SEGMENT", 1000)),

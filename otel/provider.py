@@ -4,6 +4,10 @@ Built from a `TelemetryConfig`, never from import-time state. Fork safety comes 
 the SDK's batch processor, which re-creates its worker thread in a forked child
 (gunicorn workers, RQ work horses); `flush` bounds the wait for the export, which the
 SDK's own `force_flush` does not (it ignores its timeout).
+
+Exporters, each behind its own batch processor that counts what it loses: OTLP to
+`OTEL_EXPORTER_OTLP_*` (label `otlp`), and with `TRACEGATE_SENTRY_TRACES=otlp` and a
+DSN, OTLP/HTTP to Sentry's OTLP endpoint derived from the DSN (label `sentry_otlp`).
 """
 
 from __future__ import annotations
@@ -12,8 +16,11 @@ import contextvars
 import logging
 import os
 import threading
+import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -39,11 +46,14 @@ from otel.propagation import DEFERRED_SAMPLING_KEY, AdoptingIdGenerator
 __all__ = [
     "CountingBatchSpanProcessor",
     "RatioSampler",
+    "SentryOTLPExporter",
     "TracegateSampler",
     "build_exporter",
     "build_provider",
     "build_sampler",
+    "build_sentry_exporter",
     "flush",
+    "sentry_otlp_target",
     "trust_inbound",
     "untrust_reset",
     "within",
@@ -205,6 +215,119 @@ def build_exporter(config: TelemetryConfig) -> SpanExporter | None:
     )
 
 
+def sentry_otlp_target(dsn: str, client: str) -> tuple[str, str]:
+    """Sentry's OTLP traces URL for a DSN, and the `X-Sentry-Auth` value to send.
+
+    The same form sentry-sdk's OTLPIntegration uses:
+    `{scheme}://{host}{path}api/{project_id}/integration/otlp/v1/traces/` and
+    `Sentry sentry_key=<public key>, sentry_version=7, sentry_client=<client>`.
+    """
+    parts = urlsplit(dsn)
+    host = parts.netloc.rpartition("@")[2]  # keeps a port and IPv6 brackets as written
+    path, _, project_id = parts.path.rstrip("/").rpartition("/")
+    url = f"{parts.scheme}://{host}{path}/api/{project_id}/integration/otlp/v1/traces/"
+    auth = f"Sentry sentry_key={parts.username}, sentry_version=7, sentry_client={client}"
+    if parts.password:  # a legacy DSN with a secret key
+        auth += f", sentry_secret={parts.password}"
+    return url, auth
+
+
+class SentryOTLPExporter(SpanExporter):
+    """OTLP/HTTP (protobuf) to Sentry's OTLP endpoint, configured by the DSN alone.
+
+    Not OpenTelemetry's exporter: that one also reads `OTEL_EXPORTER_OTLP_HEADERS` and
+    `_CERTIFICATE` / `_CLIENT_*` from the environment, meant for the collector, and
+    would hand the collector's credentials to Sentry (or check Sentry's certificate
+    against the collector's private CA). Like it, a 429 or 5xx answer and a failed
+    connection are retried with a growing pause until the export timeout.
+    """
+
+    _RETRY_STATUSES = frozenset((429, 500, 502, 503, 504))
+
+    def __init__(self, url: str, auth: str, timeout_s: float, user_agent: str) -> None:
+        self.url = url
+        self._timeout_s = timeout_s
+        self._headers = {
+            "Content-Type": "application/x-protobuf",
+            "User-Agent": user_agent,
+            "X-Sentry-Auth": auth,
+        }
+        self._session = self._new_session()
+        self._stopped = threading.Event()
+        if hasattr(os, "register_at_fork"):
+            # A forked child (an RQ work horse that exports) must not write to the
+            # parent's pooled connections: it gets its own, the parent's stay untouched.
+            ref = weakref.ref(self)
+            os.register_at_fork(after_in_child=lambda: _renew_session(ref))
+
+    def _new_session(self) -> Any:
+        import requests
+
+        session = requests.Session()
+        session.headers.update(self._headers)
+        return session
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        import requests
+        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+        if self._stopped.is_set():
+            return SpanExportResult.FAILURE
+        body = encode_spans(spans).SerializeToString()
+        deadline = time.monotonic() + self._timeout_s
+        pause = 0.5
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                response = self._session.post(self.url, data=body, timeout=max(remaining, 0.01))
+            except requests.RequestException as error:
+                problem = str(error)
+            else:
+                response.close()
+                if response.ok:
+                    return SpanExportResult.SUCCESS
+                problem = f"HTTP {response.status_code}"
+                if response.status_code not in self._RETRY_STATUSES:
+                    break
+            remaining = deadline - time.monotonic()
+            if remaining <= pause or self._stopped.wait(pause):
+                break
+            pause *= 2
+        logger.warning("tracegate: export of %d spans to Sentry failed: %s", len(spans), problem)
+        return SpanExportResult.FAILURE
+
+    def shutdown(self) -> None:
+        self._stopped.set()
+        self._session.close()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def _renew_session(ref: weakref.ReferenceType[SentryOTLPExporter]) -> None:
+    exporter = ref()
+    if exporter is not None:
+        exporter._session = exporter._new_session()
+
+
+def build_sentry_exporter(config: TelemetryConfig) -> SentryOTLPExporter | None:
+    """The exporter to Sentry's OTLP endpoint, with TRACEGATE_SENTRY_TRACES=otlp and a DSN."""
+    if not config.sentry_otlp_enabled:
+        return None
+    client = f"tracegate/{_version()}"
+    url, auth = sentry_otlp_target(config.sentry_dsn, client)
+    return SentryOTLPExporter(url, auth, config.otlp_timeout_s, client)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tracegate")
+    except PackageNotFoundError:  # run from a source tree
+        return "0"
+
+
 class CountingBatchSpanProcessor(BatchSpanProcessor):
     """The SDK's batch processor, counting the spans it loses.
 
@@ -283,9 +406,13 @@ def build_provider(
         shutdown_on_exit=False,
     )
     chain: list[SpanProcessor] = []
+    counters = counters or Counters()
     exporter = build_exporter(config)
     if exporter is not None:
-        chain.append(CountingBatchSpanProcessor(exporter, counters or Counters(), "otlp"))
+        chain.append(CountingBatchSpanProcessor(exporter, counters, "otlp"))
+    sentry_exporter = build_sentry_exporter(config)
+    if sentry_exporter is not None:
+        chain.append(CountingBatchSpanProcessor(sentry_exporter, counters, "sentry_otlp"))
     chain.extend(processors or ())
     handoff = HandoffProcessor(chain, counters)
     provider.add_span_processor(handoff)

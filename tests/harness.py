@@ -47,6 +47,7 @@ def gateways(base_env: dict[str, str]) -> Iterator[GatewayFactory]:
         yield make
     finally:
         for gateway in started:
+            gateway.app.extensions["tracegate.counters"].stop()  # it would go on writing
             gateway.telemetry.shutdown(timeout_s=2.0)
 
 
