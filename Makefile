@@ -46,7 +46,7 @@ soak: $(STAMP)
 		tests/integration/test_faults.py tests/integration/test_rq_faults.py
 
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(VENV_RQ2) .pytest_cache .mypy_cache .ruff_cache .hypothesis

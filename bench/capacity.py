@@ -169,9 +169,9 @@ def run(quick: bool) -> list[str]:
     from tests.peers.otlp import OTLPReceiver
     from tests.peers.redis import RedisServer
 
-    jobs = 400 if quick else 2000
+    jobs = 300 if quick else 1000
     seconds = 3.0 if quick else 10.0
-    repeats = 1 if quick else 3
+    repeats = 1 if quick else 2
     worker_counts = (1, 2, 4)
     rates: dict[int, list[float]] = {n: [] for n in worker_counts}
     gateways: dict[int, list[dict[str, float]]] = {1: [], 2: []}

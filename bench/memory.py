@@ -320,11 +320,12 @@ def _versions() -> str:
     return ", ".join([*parts, f"tracegate {commit or '?'}"])
 
 
-def run(quick: bool) -> list[str]:
-    """Each scenario in turn; Markdown lines of the results."""
+def run(quick: bool, requests: int | None = None) -> list[str]:
+    """Each scenario in turn; Markdown lines of the results. `requests` overrides the
+    mode's number of requests per scenario."""
     from datetime import datetime, timezone
 
-    requests = 5_000 if quick else 100_000
+    requests = requests or (5_000 if quick else 100_000)
     results: dict[str, dict[str, Any]] = {}
     for scenario in SCENARIOS:
         started = time.monotonic()

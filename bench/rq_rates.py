@@ -326,13 +326,15 @@ def _versions() -> str:
     return ", ".join([*parts, f"redis-server {server}", f"tracegate {commit or '?'}"])
 
 
-def run(quick: bool) -> list[str]:
-    """Measure every variant, interleaved over rounds; Markdown lines of the results."""
+def run(quick: bool, jobs: int | None = None) -> list[str]:
+    """Measure every variant, interleaved over rounds; Markdown lines of the results.
+    `jobs` overrides the mode's number of jobs per run."""
     from tests.peers.envelope import EnvelopeReceiver
     from tests.peers.otlp import OTLPReceiver
     from tests.peers.redis import RedisServer
 
-    jobs, rounds = (120, 2) if quick else (5000, 3)
+    default_jobs, rounds = (120, 2) if quick else (5000, 3)
+    jobs = jobs or default_jobs
     runs: list[_Run] = []
     began = time.monotonic()
     with RedisServer() as server, OTLPReceiver() as otlp, EnvelopeReceiver() as sentry:
