@@ -21,7 +21,6 @@ from __future__ import annotations
 import re
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -30,7 +29,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from tests.peers.base import LOOPBACK, PeerContext, decode_body
+from tests.peers.base import LOOPBACK, LoopbackHTTPServer, PeerContext, decode_body
 from tests.peers.envelope import parse_envelope
 
 __all__ = ["Counts", "Ingest"]
@@ -72,8 +71,7 @@ class Ingest(PeerContext):
         self.public_key = public_key
         self._lock = threading.Lock()
         self._counts: dict[str, int] = dict.fromkeys(_FIELDS, 0)
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http = LoopbackHTTPServer("bench-ingest", self.handle, keep_alive=True)
         # Why requests were refused, and how often, for the report.
         self.reasons: dict[str, int] = {}
         # Transactions sentry-sdk's client reports say it dropped, by reason.
@@ -81,10 +79,7 @@ class Ingest(PeerContext):
 
     @property
     def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("ingest is not started")
-        port: int = self._server.server_address[1]
-        return port
+        return self._http.port
 
     @property
     def endpoint(self) -> str:
@@ -109,28 +104,10 @@ class Ingest(PeerContext):
             return dict(self.dropped)
 
     def start(self) -> None:
-        if self._server is not None:
-            return
-        server = ThreadingHTTPServer((LOOPBACK, 0), _handler(self))
-        server.daemon_threads = True
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.2},
-            name="bench-ingest",
-            daemon=True,
-        )
-        self._thread.start()
+        self._http.start()
 
     def stop(self) -> None:
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
+        self._http.stop()
 
     def handle(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, str, bytes]:
         """Count one POST; returns the status, content type and response body."""
@@ -211,29 +188,3 @@ class Ingest(PeerContext):
         with self._lock:
             for name, amount in amounts.items():
                 self._counts[name] += amount
-
-
-def _handler(ingest: Ingest) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive, as Sentry and collectors answer
-        # Headers and body go out in two writes: with Nagle on, the body would wait for
-        # the client's delayed ACK (40 ms) on every kept-alive request.
-        disable_nagle_algorithm = True
-        server_version = "tracegate-bench-ingest"
-
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length)
-            headers = {key.lower(): value for key, value in self.headers.items()}
-            path = self.path.split("?", 1)[0]
-            status, content_type, payload = ingest.handle(path, headers, body)
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            """Quiet: the benchmark reports counts, not access logs."""
-
-    return Handler

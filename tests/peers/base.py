@@ -170,9 +170,14 @@ class Faults:
 class LoopbackHTTPServer:
     """A threaded ``http.server`` on 127.0.0.1 and an OS-chosen port that answers POSTs."""
 
-    def __init__(self, name: str, handle_post: Callable[..., tuple[Any, ...]]) -> None:
+    def __init__(
+        self, name: str, handle_post: Callable[..., tuple[Any, ...]], keep_alive: bool = False
+    ) -> None:
         self._name = name
         self._handle_post = handle_post
+        # HTTP/1.1 keep-alive, as Sentry and collectors answer (the benchmarks' receivers);
+        # the tests' peers answer HTTP/1.0, a connection per request.
+        self._keep_alive = keep_alive
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -186,7 +191,8 @@ class LoopbackHTTPServer:
     def start(self) -> None:
         if self._server is not None:
             return
-        server = ThreadingHTTPServer((LOOPBACK, 0), _make_handler(self._name, self._handle_post))
+        handler = _make_handler(self._name, self._handle_post, self._keep_alive)
+        server = ThreadingHTTPServer((LOOPBACK, 0), handler)
         server.daemon_threads = True
         self._server = server
         self._thread = threading.Thread(
@@ -209,10 +215,15 @@ class LoopbackHTTPServer:
 
 
 def _make_handler(
-    name: str, handle_post: Callable[..., tuple[Any, ...]]
+    name: str, handle_post: Callable[..., tuple[Any, ...]], keep_alive: bool = False
 ) -> type[BaseHTTPRequestHandler]:
     class _Handler(BaseHTTPRequestHandler):
         server_version = f"tracegate-{name}"
+        if keep_alive:
+            protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes: with Nagle on, the body would wait
+            # for the client's delayed ACK (40 ms) on every kept-alive request.
+            disable_nagle_algorithm = True
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
