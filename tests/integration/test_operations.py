@@ -1,17 +1,20 @@
-"""Operational edges: readiness against a real Redis, and flushes that keep their deadline
-when the collector or Sentry does not answer."""
+"""Operational edges: readiness against a real Redis (also behind a unix socket), and
+flushes that keep their deadline when the collector or Sentry does not answer."""
 
 from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
+import redis
 import sentry_sdk
 from werkzeug.serving import make_server
 
 from gateway.doctor import _sentry_tracing_check
 from tests.harness import gateways
 from tests.peers.envelope import EnvelopeReceiver
+from tests.peers.redis import RedisServer
 
 
 def test_readyz_reports_redis(redis_url: str, free_port: int) -> None:
@@ -59,3 +62,16 @@ def test_flush_keeps_its_deadline_when_peers_never_answer(silent_server: str) ->
         # The exporter would wait its 10 s timeout; the flush gives up at the deadline.
         assert not finished
         assert elapsed < 2.0, f"flush took {elapsed:.2f}s with a 0.5s deadline"
+
+
+def test_a_unix_socket_redis_url_carries_jobs(tmp_path: Path) -> None:
+    socket_path = tmp_path / "redis.sock"
+    server = RedisServer(extra_args=["--unixsocket", str(socket_path), "--unixsocketperm", "700"])
+    with server, gateways({"REDIS_URL": f"unix://{socket_path}?db=0"}) as make:
+        client = make(TRACEGATE_DEMO_TASKS="1").client
+        assert client.get("/readyz").status_code == 200
+        created = client.post("/v1/jobs", json={"task": "echo"})
+        assert created.status_code == 202 and created.json is not None
+        # The job is in the server behind the socket.
+        with redis.Redis(unix_socket_path=str(socket_path)) as direct:
+            assert direct.exists(f"rq:job:{created.json['job_id']}")
