@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
 
 import flask
 
 import otel
 from gateway.app import create_app
 from gateway.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+TRACEGATE = str(Path(sys.executable).with_name("tracegate"))
 
 
 @dataclass
@@ -49,6 +56,22 @@ def gateways(base_env: dict[str, str]) -> Iterator[GatewayFactory]:
         for gateway in started:
             gateway.app.extensions["tracegate.counters"].stop()  # it would go on writing
             gateway.telemetry.shutdown(timeout_s=2.0)
+
+
+def start_worker(
+    env: dict[str, str], *args: str, cwd: Path = ROOT, stdout: int | IO[Any] = subprocess.PIPE
+) -> subprocess.Popen[str]:
+    """`tracegate worker ARGS` in a session of its own (`kill_session` takes its work
+    horses too), its output on `stdout`."""
+    return subprocess.Popen(
+        [TRACEGATE, "worker", *args],
+        env=env,
+        cwd=cwd,
+        stdout=stdout,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def kill_session(session_id: int) -> None:

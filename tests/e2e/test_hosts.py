@@ -6,8 +6,6 @@ collectors — the gateway's and each worker host's."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,11 +13,9 @@ from pathlib import Path
 import pytest
 
 from otel.rq import TracedQueue
-from tests.harness import gateways, kill_session
+from tests.harness import ROOT, gateways, kill_session, start_worker
 from tests.peers import OTLPReceiver
 
-ROOT = Path(__file__).resolve().parents[2]
-TRACEGATE = str(Path(sys.executable).with_name("tracegate"))
 HOSTS = ("worker-host-a", "worker-host-b")
 JOBS = 16
 
@@ -65,17 +61,7 @@ def test_one_trace_across_workers_on_two_hosts(
             "OTEL_BSP_SCHEDULE_DELAY": "50",
             "TRACEGATE_STORE": "0",
         }
-        workers.append(
-            subprocess.Popen(
-                [TRACEGATE, "worker", "--burst"],
-                env=env,
-                cwd=home,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                start_new_session=True,
-            )
-        )
+        workers.append(start_worker(env, "--burst", cwd=home))
     try:
         outputs = [worker.communicate(timeout=120)[0] for worker in workers]
     finally:

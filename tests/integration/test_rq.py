@@ -25,7 +25,7 @@ from rq.job import Job
 from rq.version import VERSION as rq_version
 
 from otel.rq import CARRIER_KEY, TracedJob, TracedQueue, attempts
-from tests.harness import Gateway, gateways, kill_session
+from tests.harness import Gateway, gateways, kill_session, start_worker
 from tests.peers.envelope import EnvelopeReceiver
 from tests.peers.otlp import OTLPReceiver
 from tests.peers.spans import ReceivedSpan
@@ -72,15 +72,7 @@ def connection(redis_url: str) -> Iterator[redis.Redis]:
 
 
 def run_worker(env: dict[str, str], worker_class: str = "fork", timeout: float = 90) -> str:
-    process = subprocess.Popen(
-        [TRACEGATE, "worker", "--burst", "--worker-class", worker_class],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # on a timeout its work horses go too
-    )
+    process = start_worker(env, "--burst", "--worker-class", worker_class)
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -465,15 +457,7 @@ def test_warm_shutdown_flushes_what_the_worker_still_holds(
     # Spans wait 60 s in the batch queue: only the shutdown's flush can send them.
     env = {**env, "OTEL_BSP_SCHEDULE_DELAY": "60000"}
     job, trace_id = enqueue_traced(gateway, connection, "traced_echo", "x")
-    process = subprocess.Popen(
-        [TRACEGATE, "worker", "--worker-class", worker_class],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    process = start_worker(env, "--worker-class", worker_class)
     try:
         deadline = time.monotonic() + 30
         while Job.fetch(job.id, connection=connection).get_status() != "finished":

@@ -21,10 +21,8 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
 from otel.rq import attempts
-from tests.harness import Gateway, gateways, kill_session
+from tests.harness import Gateway, gateways, kill_session, start_worker
 from tests.integration.test_rq import (
-    ROOT,
-    TRACEGATE,
     consumer_spans,
     enqueue_traced,
     run_worker,
@@ -34,19 +32,6 @@ from tests.peers.envelope import EnvelopeReceiver
 from tests.peers.otlp import OTLPReceiver
 
 pytest_plugins = ["tests.integration.test_rq"]  # its env / gateway / connection fixtures
-
-
-def start_worker(env: dict[str, str]) -> subprocess.Popen[str]:
-    """`tracegate worker` (forking, not burst) in a session of its own."""
-    return subprocess.Popen(
-        [TRACEGATE, "worker", "--worker-class", "fork"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
 
 
 def stop(process: subprocess.Popen[str]) -> str:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,12 +20,9 @@ import pytest
 from rq.job import Job
 
 from gateway.redisconn import connect
-from tests.harness import gateways, kill_session
+from tests.harness import ROOT, gateways, kill_session, start_worker
 from tests.peers.otlp import OTLPReceiver
 from tests.peers.sentinel import SentinelDeployment
-
-ROOT = Path(__file__).resolve().parents[2]
-TRACEGATE = str(Path(sys.executable).with_name("tracegate"))
 
 
 @pytest.fixture
@@ -50,14 +45,7 @@ def test_failover_loses_no_acknowledged_job_and_keeps_traces(
         "OTEL_SERVICE_NAME": "tracegate-test",
     }
     log = tmp_path / "worker.log"
-    worker = subprocess.Popen(
-        [TRACEGATE, "worker"],
-        env=env,
-        cwd=ROOT,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    worker = start_worker(env, stdout=log.open("w"))
     accepted: dict[str, str] = {}  # job id -> the trace id of its request
     refused: list[dict[str, str]] = []
     stop = threading.Event()
