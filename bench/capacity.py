@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import http.client
 import json
 import os
 import statistics
@@ -28,7 +27,9 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # the client processes import nothing heavy: they start on time
+from bench.load import python_load
+
+if TYPE_CHECKING:
     from tests.peers.otlp import OTLPReceiver
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,32 +89,6 @@ def _workers(redis_url: str, otlp: OTLPReceiver, count: int, jobs: int) -> float
     return jobs / (last - first).total_seconds()
 
 
-def client(port: int, start_at: float, stop_at: float) -> None:
-    """One keep-alive client posting echo jobs back to back; prints latencies, errors."""
-    body = json.dumps({"task": "echo", "args": ["x"]})
-    headers = {"content-type": "application/json"}
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    latencies: list[float] = []
-    errors = 0
-    while time.time() < start_at:
-        time.sleep(0.001)
-    while time.time() < stop_at:
-        started = time.perf_counter()
-        try:
-            connection.request("POST", "/v1/jobs", body, headers)
-            response = connection.getresponse()
-            response.read()
-        except (OSError, http.client.HTTPException):
-            errors += 1
-            connection.close()
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-            continue
-        if response.status != 202:
-            errors += 1
-        latencies.append(time.perf_counter() - started)
-    print(json.dumps([latencies, errors]))
-
-
 def _gateway(
     redis_url: str, otlp: OTLPReceiver, processes: int, seconds: float
 ) -> dict[str, float]:
@@ -136,30 +111,18 @@ def _gateway(
                 if time.monotonic() > deadline:
                     raise RuntimeError("tracegate serve did not start") from None
                 time.sleep(0.1)
-        start_at = time.time() + 2.0
-        stop_at = start_at + seconds
-        command = [sys.executable, "-m", "bench.capacity", "--client", str(port),
-                   str(start_at), str(stop_at)]  # fmt: skip
-        clients = [
-            subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-            for _ in range(CLIENTS)
-        ]
-        latencies: list[float] = []
-        errors = 0
-        for one in clients:
-            out, _ = one.communicate(timeout=seconds + 60)
-            some, failed = json.loads(out)
-            latencies += some
-            errors += failed
+        body = json.dumps({"task": "echo", "args": ["x"]})
+        load = python_load(
+            f"http://127.0.0.1:{port}/v1/jobs", seconds, CLIENTS, "POST", body, expect=202
+        )
     finally:
         server.terminate()
         server.wait(timeout=30)
-    latencies.sort()
     return {
-        "rps": len(latencies) / seconds,
-        "p50": latencies[len(latencies) // 2] * 1000 if latencies else 0.0,
-        "p99": latencies[int(len(latencies) * 0.99)] * 1000 if latencies else 0.0,
-        "errors": errors,
+        "rps": load.requests / seconds,
+        "p50": load.p50_ms,
+        "p99": load.p99_ms,
+        "errors": load.errors,
     }
 
 
@@ -219,9 +182,6 @@ def run(quick: bool) -> list[str]:
 
 
 def main() -> None:
-    if len(sys.argv) == 5 and sys.argv[1] == "--client":
-        client(int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]))
-        return
     parser = argparse.ArgumentParser(prog="python -m bench.capacity")
     parser.add_argument("--quick", action="store_true")
     print("\n".join(run(parser.parse_args().quick)))

@@ -58,6 +58,7 @@ from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from bench.load import Load, python_load
 from bench.receivers import Counts, Ingest
 from tests.peers.base import LOOPBACK, free_port
 
@@ -138,15 +139,6 @@ def _log(message: str) -> None:
 # -- load ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Load:
-    requests: int
-    seconds: float
-    p50_ms: float
-    p99_ms: float
-    errors: int
-
-
 _WRK_SCRIPT = """
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -178,7 +170,7 @@ class Loader:
     def run(self, url: str, seconds: float) -> Load:
         if self.wrk:
             return self._wrk(url, seconds)
-        return _python_load(url, seconds, CONNECTIONS)
+        return python_load(url, seconds, CONNECTIONS)
 
     def _wrk(self, url: str, seconds: float) -> Load:
         assert self.wrk is not None
@@ -199,66 +191,6 @@ def _wrk_version(path: str) -> str:
     done = subprocess.run([path, "-v"], capture_output=True, text=True, timeout=10)
     words = (done.stdout or done.stderr).split()
     return " ".join(words[:2]) if words else "wrk"
-
-
-def _client(url: str, start_at: float, stop_at: float) -> tuple[list[float], int]:
-    """One keep-alive connection sending GETs back to back: latencies (s) and errors."""
-    authority, _, path = url.split("//", 1)[1].partition("/")
-    host, port = authority.rsplit(":", 1)
-    latencies: list[float] = []
-    errors = 0
-    connection = http.client.HTTPConnection(host, int(port), timeout=5)
-    while time.time() < start_at:
-        time.sleep(0.001)
-    while time.time() < stop_at:
-        started = time.perf_counter()
-        try:
-            connection.request("GET", "/" + path)
-            response = connection.getresponse()
-            response.read()
-        except (OSError, http.client.HTTPException):
-            errors += 1
-            connection.close()
-            connection = http.client.HTTPConnection(host, int(port), timeout=5)
-            continue
-        if response.status != 200:
-            errors += 1
-        latencies.append(time.perf_counter() - started)
-    connection.close()
-    return latencies, errors
-
-
-def _python_load(url: str, seconds: float, connections: int) -> Load:
-    """`connections` client processes (`python -m bench.http --client ...`), in step."""
-    start_at = time.time() + 1.0  # interpreters need a moment to start
-    stop_at = start_at + seconds
-    command = [sys.executable, "-m", "bench.http", "--client", url, str(start_at), str(stop_at)]
-    clients = [
-        subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-        for _ in range(connections)
-    ]
-    latencies: list[float] = []
-    errors = 0
-    for client in clients:
-        out, _ = client.communicate(timeout=seconds + 60)
-        some, failed = json.loads(out)
-        latencies.extend(some)
-        errors += failed
-    latencies.sort()
-    return Load(
-        requests=len(latencies),
-        seconds=seconds,
-        p50_ms=_percentile(latencies, 50) * 1000,
-        p99_ms=_percentile(latencies, 99) * 1000,
-        errors=errors,
-    )
-
-
-def _percentile(ordered: list[float], percent: float) -> float:
-    if not ordered:
-        return 0.0
-    index = min(len(ordered) - 1, max(0, round(percent / 100 * len(ordered)) - 1))
-    return ordered[index]
 
 
 # -- servers -------------------------------------------------------------------
@@ -663,13 +595,7 @@ def run(quick: bool) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.http")
     parser.add_argument("--quick", action="store_true", help="2 rounds of 2 s per variant")
-    # One process of the Python load generator: URL, start and stop (epoch seconds).
-    parser.add_argument("--client", nargs=3, metavar="ARG", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.client:
-        url, start_at, stop_at = args.client
-        print(json.dumps(_client(url, float(start_at), float(stop_at))))
-        return
     print("\n".join(run(args.quick)))
 
 
