@@ -84,7 +84,9 @@ def _parser() -> argparse.ArgumentParser:
         "worker",
         help="run an RQ worker with the traced classes",
         description="Run an RQ worker whose jobs continue the trace of the request that "
-        "enqueued them (REDIS_URL, default redis://127.0.0.1:6379/0).",
+        "enqueued them (REDIS_URL, default redis://127.0.0.1:6379/0; Sentinel URLs too). "
+        "When it loses Redis it waits for it and works again; SIGTERM stops it after "
+        "the current job and flushes its telemetry.",
     )
     worker.add_argument("--burst", action="store_true", help="quit when the queues are empty")
     worker.add_argument(
