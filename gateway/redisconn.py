@@ -78,11 +78,18 @@ def connect(url: str, *, connect_timeout: float = 2.0, timeout: float = 5.0) -> 
     """A client for `url`; for Sentinel, one that follows the current primary."""
     if url.startswith("redis+sentinel://"):
         target = sentinel_target(url)
-        timeouts = {"socket_connect_timeout": connect_timeout, "socket_timeout": timeout}
-        sentinel_kwargs: dict[str, Any] = dict(timeouts)
+        sentinel_kwargs: dict[str, Any] = {
+            "socket_connect_timeout": connect_timeout,
+            "socket_timeout": timeout,
+        }
         if target.sentinel_password:
             sentinel_kwargs["password"] = target.sentinel_password
-        manager = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs, **timeouts)
+        manager = Sentinel(
+            list(target.sentinels),
+            sentinel_kwargs=sentinel_kwargs,
+            socket_connect_timeout=connect_timeout,
+            socket_timeout=timeout,
+        )
         client = manager.master_for(
             target.service_name, db=target.db, username=target.username, password=target.password
         )
