@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
+from rq.exceptions import StopRequested
 from rq.worker import BaseWorker
 
 import otel
@@ -105,13 +106,17 @@ def run_worker(
             # rq quits on a Redis error outside its dequeue (a failover, a restart, a
             # network blip): wait for Redis and work again, unless it keeps quitting.
             quick_exits = quick_exits + 1 if time.monotonic() - started < 5 else 1
-            if quick_exits > _MAX_QUICK_EXITS or not _await_redis(connection, worker):
-                return 0 if _stopped(worker) else 1
-            # What the last work horse handed over under this worker's name (the next
-            # worker gets a new one), if Redis lost the connection before it was read.
-            take_over = getattr(worker, "_take_over_spans", None)
-            if take_over is not None:
-                take_over()
+            try:
+                if quick_exits > _MAX_QUICK_EXITS or not _await_redis(connection, worker):
+                    return 0 if _stopped(worker) else 1
+                # What the last work horse handed over under this worker's name (the
+                # next worker gets a new one), if Redis went away before it was read.
+                held = getattr(worker, "_signals_held", None)
+                if held is not None:
+                    with held():
+                        worker._take_over_spans()  # type: ignore[attr-defined]
+            except StopRequested:  # rq's handler, when SIGTERM comes while Redis is away
+                return 0
             logger.warning("tracegate: Redis is back; the worker starts again")
     finally:
         telemetry.shutdown()

@@ -296,10 +296,45 @@ class _TracedWorkerMixin:
         self._handoff_due = False
         self._took_over_at = 0.0
         self._reported = False
+        self._holding_signals = False
+        self._held_signals: list[int] = []
         # rq logs every job exception at ERROR; the consumer span reports it to Sentry.
         from sentry_sdk.integrations.logging import ignore_logger
 
         ignore_logger("rq.worker")
+
+    # rq's SIGTERM/SIGINT handlers raise StopRequested (or SystemExit) in whatever the
+    # worker's main thread runs at that moment when no job is running. Inside our own
+    # work — ending spans, building a Sentry envelope, a Redis call — an `except
+    # Exception` that protects the worker would swallow it: the stop is lost, the span
+    # half handled. The signal is held over such work and handed to rq's handler after.
+    def request_stop(self, signum: int, frame: Any) -> Any:
+        if self._holding_signals:
+            self._held_signals.append(signum)
+            return None
+        return super().request_stop(signum, frame)  # type: ignore[misc]
+
+    def request_force_stop(self, signum: int, frame: Any) -> Any:
+        if self._holding_signals:
+            self._held_signals.append(signum)
+            return None
+        return super().request_force_stop(signum, frame)  # type: ignore[misc]
+
+    @contextmanager
+    def _signals_held(self) -> Iterator[None]:
+        if self._holding_signals:
+            yield
+            return
+        self._holding_signals = True
+        try:
+            yield
+        finally:
+            self._holding_signals = False
+            held, self._held_signals = self._held_signals, []
+            for signum in held:  # in arrival order, each to the handler now installed
+                handler = signal.getsignal(signum)
+                if callable(handler):
+                    handler(signum, None)
 
     def clean_registries(self) -> Any:
         """rq's registry maintenance, reporting the abandoned jobs it finds.
@@ -322,24 +357,26 @@ class _TracedWorkerMixin:
             return  # other failures are reported by handle_exception
         if self._span is not None:
             return
-        try:
-            self._report_lost(
-                job,
-                "AbandonedJob",
-                f"the job's worker died while it ran; found abandoned by {self.name}",
-            )
-        except Exception:
-            logger.exception("tracegate: could not report abandoned job %s", job.id)
+        with self._signals_held():
+            try:
+                self._report_lost(
+                    job,
+                    "AbandonedJob",
+                    f"the job's worker died while it ran; found abandoned by {self.name}",
+                )
+            except Exception:
+                logger.exception("tracegate: could not report abandoned job %s", job.id)
 
     def register_birth(self, *args: Any, **kwargs: Any) -> Any:
         result = super().register_birth(*args, **kwargs)  # type: ignore[misc]
         # A field of ours in the worker's hash lets `tracegate doctor` tell traced
         # workers from plain ones.
-        try:
-            cls = type(self)
-            self.connection.hset(self.key, TRACED_FIELD, f"{cls.__module__}.{cls.__qualname__}")  # type: ignore[attr-defined]
-        except Exception:
-            logger.exception("tracegate: could not mark worker %s as traced", self.name)
+        cls = type(self)
+        with self._signals_held():
+            try:
+                self.connection.hset(self.key, TRACED_FIELD, f"{cls.__module__}.{cls.__qualname__}")  # type: ignore[attr-defined]
+            except Exception:
+                logger.exception("tracegate: could not mark worker %s as traced", self.name)
         return result
 
     # Parent side (the worker process): count attempts before the job runs anywhere,
@@ -403,16 +440,18 @@ class _TracedWorkerMixin:
         if not force and now - self._took_over_at < _TAKE_OVER_EVERY_S:
             return
         self._handoff_due, self._took_over_at = False, now
-        self._take_over_spans()
+        with self._signals_held():
+            self._take_over_spans()
 
     def _count_attempt(self, job: Job) -> None:
         """Once per dequeued job (each attempt is a fresh `Job` object)."""
         if getattr(job, "_tracegate_attempt", None) is not None:
             return
-        try:
-            job._tracegate_attempt = job.connection.hincrby(job.key, _ATTEMPT_FIELD, 1)  # type: ignore[attr-defined]
-        except Exception:
-            logger.exception("tracegate: could not count the attempt of job %s", job.id)
+        with self._signals_held():
+            try:
+                job._tracegate_attempt = job.connection.hincrby(job.key, _ATTEMPT_FIELD, 1)  # type: ignore[attr-defined]
+            except Exception:
+                logger.exception("tracegate: could not count the attempt of job %s", job.id)
 
     def _handoff_key(self) -> str:
         return f"tracegate:handoff:{self.name}"
@@ -658,10 +697,11 @@ class _TracedWorkerMixin:
 
     # Parent side: the work horse died without reporting (SIGKILL, OOM, hard timeout).
     def handle_work_horse_killed(self, job: Job, retpid: Any, ret_val: Any, rusage: Any) -> Any:
-        try:
-            self._report_killed(job, ret_val)
-        except Exception:
-            logger.exception("tracegate: could not report the killed work horse of %s", job.id)
+        with self._signals_held():
+            try:
+                self._report_killed(job, ret_val)
+            except Exception:
+                logger.exception("tracegate: could not report the killed work horse of %s", job.id)
         return super().handle_work_horse_killed(job, retpid, ret_val, rusage)  # type: ignore[misc]
 
     def _report_killed(self, job: Job, ret_val: Any) -> None:

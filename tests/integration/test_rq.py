@@ -475,6 +475,27 @@ def test_warm_shutdown_flushes_what_the_worker_still_holds(
     assert consumer.trace_id_hex == trace_id
 
 
+def test_a_stop_during_the_take_over_waits_for_it_and_is_not_lost(
+    env: dict[str, str], gateway: Gateway, connection: redis.Redis, otlp_receiver: OTLPReceiver
+) -> None:
+    # rq's handler raises StopRequested in an idle worker's main thread; inside the
+    # take-over an `except Exception` would swallow it and the worker would wait for
+    # the next job instead of stopping, the spans it was ending half handled.
+    job, trace_id = enqueue_traced(gateway, connection, "traced_echo", "x")
+    process = start_worker(env, "--worker-class", "tests.jobs.workers.StoppedDuringTakeOver")
+    try:
+        output, _ = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        kill_session(process.pid)
+        output, _ = process.communicate()
+        pytest.fail(f"the stop was lost:\n{output[-3000:]}")
+    assert process.returncode == 0, output
+    assert "swallowed" not in output, output
+    assert Job.fetch(job.id, connection=connection).get_status() == "finished"
+    (consumer,) = consumer_spans(otlp_receiver, job.id)
+    assert consumer.trace_id_hex == trace_id
+
+
 def test_delayed_job_kwargs_stay_the_tasks_arguments(
     gateway: Gateway, env: dict[str, str], connection: redis.Redis
 ) -> None:
