@@ -5,9 +5,11 @@ the SDK's batch processor, which re-creates its worker thread in a forked child
 (gunicorn workers, RQ work horses); `flush` bounds the wait for the export, which the
 SDK's own `force_flush` does not (it ignores its timeout).
 
-Exporters, each behind its own batch processor that counts what it loses: OTLP to
+Exporters behind batch processors that count what they lose: OTLP to
 `OTEL_EXPORTER_OTLP_*` (label `otlp`), and with `TRACEGATE_SENTRY_TRACES=otlp` and a
 DSN, OTLP/HTTP to Sentry's OTLP endpoint derived from the DSN (label `sentry_otlp`).
+When both take OTLP/HTTP protobuf, one processor encodes each batch once for both
+(`otel.fanout`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from opentelemetry.util.types import Attributes
 
 from otel.config import TelemetryConfig
 from otel.counters import Counters
+from otel.fanout import FanoutExporter, Poster, post_with_retries
 from otel.handoff import HandoffProcessor
 from otel.propagation import DEFERRED_SAMPLING_KEY, AdoptingIdGenerator
 
@@ -242,8 +245,6 @@ class SentryOTLPExporter(SpanExporter):
     connection are retried with a growing pause until the export timeout.
     """
 
-    _RETRY_STATUSES = frozenset((429, 500, 502, 503, 504))
-
     def __init__(self, url: str, auth: str, timeout_s: float, user_agent: str) -> None:
         self.url = url
         self._timeout_s = timeout_s
@@ -268,31 +269,14 @@ class SentryOTLPExporter(SpanExporter):
         return session
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        import requests
         from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
         if self._stopped.is_set():
             return SpanExportResult.FAILURE
         body = encode_spans(spans).SerializeToString()
-        deadline = time.monotonic() + self._timeout_s
-        pause = 0.5
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                response = self._session.post(self.url, data=body, timeout=max(remaining, 0.01))
-            except requests.RequestException as error:
-                problem = str(error)
-            else:
-                response.close()
-                if response.ok:
-                    return SpanExportResult.SUCCESS
-                problem = f"HTTP {response.status_code}"
-                if response.status_code not in self._RETRY_STATUSES:
-                    break
-            remaining = deadline - time.monotonic()
-            if remaining <= pause or self._stopped.wait(pause):
-                break
-            pause *= 2
+        problem = post_with_retries(self._session, self.url, body, self._timeout_s, self._stopped)
+        if problem is None:
+            return SpanExportResult.SUCCESS
         logger.warning("tracegate: export of %d spans to Sentry failed: %s", len(spans), problem)
         return SpanExportResult.FAILURE
 
@@ -319,6 +303,48 @@ def build_sentry_exporter(config: TelemetryConfig) -> SentryOTLPExporter | None:
     return SentryOTLPExporter(url, auth, config.otlp_timeout_s, client)
 
 
+# Settings only OpenTelemetry's own HTTP exporter knows how to apply (read by it from
+# the environment): with any of them, the collector keeps that exporter.
+_EXPORTER_ONLY_ENV = (
+    *(
+        f"OTEL_EXPORTER_OTLP_{scope}{name}"
+        for scope in ("", "TRACES_")
+        for name in ("CERTIFICATE", "CLIENT_KEY", "CLIENT_CERTIFICATE")
+    ),
+    "OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER",
+    "OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER",
+)
+
+
+def build_fanout(config: TelemetryConfig, counters: Counters) -> FanoutExporter | None:
+    """One encoding for the collector and Sentry's OTLP endpoint, when both take
+    OTLP/HTTP protobuf and nothing asks for OpenTelemetry's exporter (`otel.fanout`)."""
+    if not (config.otlp_enabled and config.sentry_otlp_enabled):
+        return None
+    if config.otlp_protocol != "http/protobuf" or any(
+        os.environ.get(name) for name in _EXPORTER_ONLY_ENV
+    ):
+        return None
+    client = f"tracegate/{_version()}"
+    url, auth = sentry_otlp_target(config.sentry_dsn, client)
+    collector = Poster(
+        "otlp",
+        config.otlp_url(),
+        {"User-Agent": client, **config.otlp_headers},
+        config.otlp_timeout_s,
+        counters,
+        compression=config.otlp_compression,
+    )
+    sentry = Poster(
+        "sentry_otlp",
+        url,
+        {"User-Agent": client, "X-Sentry-Auth": auth},
+        config.otlp_timeout_s,
+        counters,
+    )
+    return FanoutExporter((collector, sentry))
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -336,11 +362,18 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
     """
 
     def __init__(
-        self, exporter: SpanExporter, counters: Counters, name: str, **options: Any
+        self,
+        exporter: SpanExporter,
+        counters: Counters,
+        name: str,
+        *,
+        also: tuple[str, ...] = (),
+        **options: Any,
     ) -> None:
         super().__init__(_CountingExporter(exporter, counters, name), **options)
         self._counters = counters
-        self._name = name
+        self._names = (name, *also)  # the destinations a span lost here never reaches
+        self._exporter_of_batches = exporter
 
     def on_end(self, span: ReadableSpan) -> None:
         # The queue is a bounded deque: appending to a full one pushes the oldest out.
@@ -352,8 +385,20 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
             and queue.maxlen is not None
             and len(queue) >= queue.maxlen
         ):
-            self._counters.add("spans_dropped", exporter=self._name, reason="queue_full")
+            for name in self._names:
+                self._counters.add("spans_dropped", exporter=name, reason="queue_full")
         super().on_end(span)
+
+    def force_flush(self, timeout_millis: int | None = None) -> bool:
+        # The SDK's flush hands the last batch to the exporter; a fan-out's posters
+        # send it from their own threads, so the flush waits for them too.
+        started = time.monotonic()
+        flushed = super().force_flush(timeout_millis)
+        if isinstance(self._exporter_of_batches, FanoutExporter):
+            budget_ms = 30000 if timeout_millis is None else timeout_millis
+            left_ms = max(0.0, budget_ms - (time.monotonic() - started) * 1000)
+            flushed = self._exporter_of_batches.force_flush(int(left_ms)) and flushed
+        return flushed
 
 
 class _CountingExporter(SpanExporter):
@@ -407,12 +452,16 @@ def build_provider(
     )
     chain: list[SpanProcessor] = []
     counters = counters or Counters()
-    exporter = build_exporter(config)
-    if exporter is not None:
-        chain.append(CountingBatchSpanProcessor(exporter, counters, "otlp"))
-    sentry_exporter = build_sentry_exporter(config)
-    if sentry_exporter is not None:
-        chain.append(CountingBatchSpanProcessor(sentry_exporter, counters, "sentry_otlp"))
+    fanout = build_fanout(config, counters)
+    if fanout is not None:
+        chain.append(CountingBatchSpanProcessor(fanout, counters, "otlp", also=("sentry_otlp",)))
+    else:
+        exporter = build_exporter(config)
+        if exporter is not None:
+            chain.append(CountingBatchSpanProcessor(exporter, counters, "otlp"))
+        sentry_exporter = build_sentry_exporter(config)
+        if sentry_exporter is not None:
+            chain.append(CountingBatchSpanProcessor(sentry_exporter, counters, "sentry_otlp"))
     chain.extend(processors or ())
     handoff = HandoffProcessor(chain, counters)
     provider.add_span_processor(handoff)

@@ -10,6 +10,7 @@ The Sentry stand-in is one HTTP server behind the DSN that takes envelopes at
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -185,6 +186,80 @@ def test_failed_exports_to_sentry_are_counted() -> None:
         assert gateway.client.get("/example").status_code == 200
         gateway.flush()
         sentry.otlp.wait_for_span(lambda s: s.name == "GET /example")  # ... and resumes
+
+
+@pytest.mark.parametrize("hung", ["sentry", "collector"])
+def test_a_destination_that_never_answers_holds_up_neither_the_other_nor_the_app(
+    hung: str, silent_server: str, sentry: SentryWithOTLP, otlp_receiver: OTLPReceiver
+) -> None:
+    # One batch processor encodes each batch once for both destinations (otel.fanout);
+    # each sends from its own thread, so the one that hangs only loses its own batches.
+    env = {
+        "SENTRY_DSN": sentry.dsn,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.endpoint,
+        "TRACEGATE_SENTRY_TRACES": "otlp",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "300",  # ms
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "5",
+    }
+    if hung == "sentry":
+        env["SENTRY_DSN"] = silent_server.replace("http://", "http://public@") + "/42"
+    else:
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = silent_server
+    healthy = otlp_receiver if hung == "sentry" else sentry.otlp
+    with gateways(env) as make:
+        gateway = make()
+        for number in range(40):
+            assert gateway.client.get(f"/example?n={number}").status_code == 200
+        gateway.telemetry.flush(1.0)
+        spans = healthy.wait_for_spans(lambda s: s.name == "GET /example", 40, timeout=15)
+        assert len({s.span_id_hex for s in spans}) == 40
+        counters = gateway.telemetry.counters
+        lost = "sentry_otlp" if hung == "sentry" else "otlp"
+        kept = "otlp" if hung == "sentry" else "sentry_otlp"
+        deadline = time.monotonic() + 10
+        while counters.get("spans_dropped", exporter=lost, reason="export_failed") == 0:
+            assert time.monotonic() < deadline, "the hung destination's losses were not counted"
+            time.sleep(0.05)
+        for reason in ("export_failed", "queue_full"):
+            assert counters.get("spans_dropped", exporter=kept, reason=reason) == 0
+
+
+def test_each_batch_is_encoded_once_unless_the_collector_needs_opentelemetrys_exporter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from otel.config import TelemetryConfig
+    from otel.counters import Counters
+    from otel.fanout import FanoutExporter
+    from otel.provider import build_fanout
+
+    config = TelemetryConfig.from_env(
+        {
+            "SENTRY_DSN": "http://public@127.0.0.1:9/42",
+            "TRACEGATE_SENTRY_TRACES": "otlp",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+            "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer collector-secret",
+        }
+    )
+    fanout = build_fanout(config, Counters())
+    assert isinstance(fanout, FanoutExporter)
+    collector, to_sentry = fanout.posters
+    assert collector.url == "http://127.0.0.1:9/v1/traces"
+    assert collector._headers["authorization"] == "Bearer collector-secret"
+    assert "authorization" not in to_sentry._headers and "X-Sentry-Auth" in to_sentry._headers
+    # A client certificate is applied by OpenTelemetry's exporter only: it keeps the
+    # collector, and each destination its own batch processor.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "/etc/collector/client.pem")
+    assert build_fanout(config, Counters()) is None
+    grpc = TelemetryConfig.from_env(
+        {
+            "SENTRY_DSN": "http://public@127.0.0.1:9/42",
+            "TRACEGATE_SENTRY_TRACES": "otlp",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        }
+    )
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE")
+    assert build_fanout(grpc, Counters()) is None
 
 
 def test_the_otlp_target_is_the_one_sentry_sdk_derives() -> None:
