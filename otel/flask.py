@@ -153,7 +153,11 @@ def _add_cors(state: FlaskTracing, response: flask.Response) -> None:
 
 
 def _merge_list(response: flask.Response, header: str, values: Iterable[str]) -> None:
-    present = [v.strip() for v in response.headers.get(header, "").split(",") if v.strip()]
+    current = response.headers.get(header)
+    if not current:
+        response.headers[header] = ", ".join(values)
+        return
+    present = [v.strip() for v in current.split(",") if v.strip()]
     lowered = {v.lower() for v in present}
     present += [v for v in values if v.lower() not in lowered]
     response.headers[header] = ", ".join(present)
