@@ -65,13 +65,36 @@ def start_worker(
     horses too), its output on `stdout`."""
     return subprocess.Popen(
         [TRACEGATE, "worker", *args],
-        env=env,
+        # A worker that hangs is made to show where: SIGABRT dumps every thread's stack.
+        env={**env, "PYTHONFAULTHANDLER": "1"},
         cwd=cwd,
         stdout=stdout,
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
     )
+
+
+def output_within(process: subprocess.Popen[str], timeout: float, what: str) -> str:
+    """The output of `process` once it has exited; one that is still running after
+    `timeout` seconds is aborted (its threads' stacks are in the failure) and fails."""
+    import os
+    import signal
+
+    import pytest
+
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.kill(process.pid, signal.SIGABRT)  # PYTHONFAULTHANDLER: the stacks, then exit
+        try:
+            output, _ = process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            output = ""
+        kill_session(process.pid)
+        process.wait()
+        pytest.fail(f"{what} within {timeout:.0f} s; its output:\n{output[-8000:]}")
+    return output
 
 
 def kill_session(session_id: int) -> None:

@@ -25,7 +25,7 @@ from rq.job import Job
 from rq.version import VERSION as rq_version
 
 from otel.rq import CARRIER_KEY, TracedJob, TracedQueue, attempts
-from tests.harness import Gateway, gateways, kill_session, start_worker
+from tests.harness import Gateway, gateways, kill_session, output_within, start_worker
 from tests.peers.envelope import EnvelopeReceiver
 from tests.peers.otlp import OTLPReceiver
 from tests.peers.spans import ReceivedSpan
@@ -73,12 +73,7 @@ def connection(redis_url: str) -> Iterator[redis.Redis]:
 
 def run_worker(env: dict[str, str], worker_class: str = "fork", timeout: float = 90) -> str:
     process = start_worker(env, "--burst", "--worker-class", worker_class)
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_session(process.pid)
-        output, _ = process.communicate()
-        pytest.fail(f"the worker did not finish within {timeout}s:\n{output[-3000:]}")
+    output = output_within(process, timeout, "the burst worker did not finish")
     assert process.returncode == 0, output
     return output
 
@@ -465,7 +460,7 @@ def test_warm_shutdown_flushes_what_the_worker_still_holds(
             time.sleep(0.1)
         assert not [s for s in otlp_receiver.spans if s.kind_name == "CONSUMER"]
         process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=30)
+        output = output_within(process, 30, "the worker did not stop on SIGTERM")
     finally:
         if process.poll() is None:
             kill_session(process.pid)
@@ -483,12 +478,7 @@ def test_a_stop_during_the_take_over_waits_for_it_and_is_not_lost(
     # the next job instead of stopping, the spans it was ending half handled.
     job, trace_id = enqueue_traced(gateway, connection, "traced_echo", "x")
     process = start_worker(env, "--worker-class", "tests.jobs.workers.StoppedDuringTakeOver")
-    try:
-        output, _ = process.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        kill_session(process.pid)
-        output, _ = process.communicate()
-        pytest.fail(f"the stop was lost:\n{output[-3000:]}")
+    output = output_within(process, 30, "the stop was lost: the worker did not stop")
     assert process.returncode == 0, output
     assert "swallowed" not in output, output
     assert Job.fetch(job.id, connection=connection).get_status() == "finished"
