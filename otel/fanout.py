@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 import zlib
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -96,10 +97,18 @@ class Poster:
         self._counters = counters
         self._backlog = max(1, backlog)
         self._verify = verify
+        self._stopped = threading.Event()
+        self._renew()
+        if hasattr(os, "register_at_fork"):
+            ref = weakref.ref(self)
+            os.register_at_fork(after_in_child=lambda: _renew_in_child(ref))
+
+    def _renew(self) -> None:
+        """Fresh locks and nothing waiting: in a forked child the parent's batches are the
+        parent's, and a lock its sender held at the fork would stay locked forever."""
         self._cond = threading.Condition()
         self._queue: deque[tuple[bytes, int]] = deque()
         self._busy = False
-        self._stopped = threading.Event()
         self._pid = -1
 
     def submit(self, body: bytes, count: int) -> None:
@@ -108,7 +117,7 @@ class Poster:
             return
         with self._cond:
             if self._pid != os.getpid():
-                self._start()
+                self._start()  # the first batch of this process
             if len(self._queue) >= self._backlog:
                 _, lost = self._queue.popleft()
                 self._counters.add("spans_dropped", lost, exporter=self.name, reason="queue_full")
@@ -119,7 +128,7 @@ class Poster:
         """Wait until nothing is waiting or being sent; False at the deadline."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
-            while (self._queue or self._busy) and self._pid == os.getpid():
+            while self._queue or self._busy:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -134,9 +143,6 @@ class Poster:
     def _start(self) -> None:
         import requests
 
-        # A forked child inherits the parent's waiting batches: they are the parent's.
-        self._queue.clear()
-        self._busy = False
         self._pid = os.getpid()
         self._session = requests.Session()
         self._session.headers.update(self._headers)
@@ -145,12 +151,11 @@ class Poster:
         threading.Thread(target=self._run, name=name, daemon=True).start()
 
     def _run(self) -> None:
-        pid = os.getpid()
         while True:
             with self._cond:
                 while not self._queue and not self._stopped.is_set():
                     self._cond.wait()
-                if not self._queue or self._pid != pid:
+                if not self._queue:
                     return
                 body, count = self._queue.popleft()
                 self._busy = True
@@ -200,3 +205,9 @@ class FanoutExporter(SpanExporter):
     def shutdown(self) -> None:
         for poster in self.posters:
             poster.stop()
+
+
+def _renew_in_child(ref: weakref.ReferenceType[Poster]) -> None:
+    poster = ref()
+    if poster is not None:
+        poster._renew()

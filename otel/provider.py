@@ -1,9 +1,9 @@
 """The TracerProvider: resource, the one sampler, OTLP export, and a flush with a deadline.
 
 Built from a `TelemetryConfig`, never from import-time state. Fork safety comes from
-the SDK's batch processor, which re-creates its worker thread in a forked child
-(gunicorn workers, RQ work horses); `flush` bounds the wait for the export, which the
-SDK's own `force_flush` does not (it ignores its timeout).
+the batch processor (`otel.batch`), which renews its locks in a forked child and starts
+its export thread there only when the child has spans to export; `flush` bounds the
+wait for the export, which a `force_flush` does not (it waits for the exporter).
 
 Exporters behind batch processors that count what they lose: OTLP to
 `OTEL_EXPORTER_OTLP_*` (label `otlp`), and with `TRACEGATE_SENTRY_TRACES=otlp` and a
@@ -18,7 +18,6 @@ import contextvars
 import logging
 import os
 import threading
-import time
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -28,7 +27,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
@@ -40,6 +39,7 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import Link, SpanKind
 from opentelemetry.util.types import Attributes
 
+from otel.batch import CountingBatchSpanProcessor
 from otel.config import TelemetryConfig
 from otel.counters import Counters
 from otel.fanout import FanoutExporter, Poster, post_with_retries
@@ -354,78 +354,21 @@ def _version() -> str:
         return "0"
 
 
-class CountingBatchSpanProcessor(BatchSpanProcessor):
-    """The SDK's batch processor, counting the spans it loses.
+class _TracerProvider(TracerProvider):
+    """The SDK's provider, with a cheaper resource in a forked child.
 
-    The SDK drops the oldest span when its queue is full and gives up a batch when an
-    export fails for good, logging at most; here both land in `spans_dropped`.
+    After a fork the SDK re-runs its process-dependent resource detectors — through a
+    thread pool, and drawing a new `service.instance.id` — in every child: 1 to 3 ms on
+    each RQ job's path, and a new service instance per job for the backend. Here a
+    child keeps its parent's instance and gets its own `process.pid`, which tells
+    work horses from their worker.
     """
 
-    def __init__(
-        self,
-        exporter: SpanExporter,
-        counters: Counters,
-        name: str,
-        *,
-        also: tuple[str, ...] = (),
-        **options: Any,
-    ) -> None:
-        super().__init__(_CountingExporter(exporter, counters, name), **options)
-        self._counters = counters
-        self._names = (name, *also)  # the destinations a span lost here never reaches
-        self._exporter_of_batches = exporter
-
-    def on_end(self, span: ReadableSpan) -> None:
-        # The queue is a bounded deque: appending to a full one pushes the oldest out.
-        queue = getattr(getattr(self, "_batch_processor", None), "_queue", None)
-        if (
-            span.context is not None
-            and span.context.trace_flags.sampled
-            and queue is not None
-            and queue.maxlen is not None
-            and len(queue) >= queue.maxlen
-        ):
-            for name in self._names:
-                self._counters.add("spans_dropped", exporter=name, reason="queue_full")
-        super().on_end(span)
-
-    def force_flush(self, timeout_millis: int | None = None) -> bool:
-        # The SDK's flush hands the last batch to the exporter; a fan-out's posters
-        # send it from their own threads, so the flush waits for them too.
-        started = time.monotonic()
-        flushed = super().force_flush(timeout_millis)
-        if isinstance(self._exporter_of_batches, FanoutExporter):
-            budget_ms = 30000 if timeout_millis is None else timeout_millis
-            left_ms = max(0.0, budget_ms - (time.monotonic() - started) * 1000)
-            flushed = self._exporter_of_batches.force_flush(int(left_ms)) and flushed
-        return flushed
-
-
-class _CountingExporter(SpanExporter):
-    def __init__(self, exporter: SpanExporter, counters: Counters, name: str) -> None:
-        self.exporter = exporter
-        self._counters = counters
-        self._name = name
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        try:
-            result = self.exporter.export(spans)
-        except Exception:
-            self._counters.add(
-                "spans_dropped", len(spans), exporter=self._name, reason="export_failed"
-            )
-            raise
-        if result is not SpanExportResult.SUCCESS:
-            self._counters.add(
-                "spans_dropped", len(spans), exporter=self._name, reason="export_failed"
-            )
-        return result
-
-    def shutdown(self) -> None:
-        self.exporter.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self.exporter.force_flush(timeout_millis)
+    def _handle_fork(self) -> None:
+        self._tracers_lock = threading.Lock()
+        update = getattr(self, "_update_resource", None)
+        if update is not None:
+            update(Resource({"process.pid": os.getpid()}))
 
 
 def build_provider(
@@ -442,7 +385,7 @@ def build_provider(
     }
     if config.service_name == "unknown_service" and "service.name" in config.resource_attributes:
         attributes["service.name"] = config.resource_attributes["service.name"]
-    provider = TracerProvider(
+    provider = _TracerProvider(
         resource=Resource.create(attributes),
         sampler=build_sampler(config),
         id_generator=AdoptingIdGenerator(),

@@ -271,6 +271,28 @@ def test_killed_work_horse_is_reported_by_the_parent(
     assert error["tags"]["rq.job_id"] == job.id
 
 
+def test_a_work_horse_is_its_own_process_of_its_workers_service_instance(
+    env: dict[str, str],
+    gateway: Gateway,
+    otlp_receiver: OTLPReceiver,
+    connection: redis.Redis,
+) -> None:
+    ran, _ = enqueue_traced(gateway, connection, "traced_echo", "x")
+    died, _ = enqueue_traced(gateway, connection, "die")
+    output = run_worker(env, "fork")
+    (consumer,) = consumer_spans(otlp_receiver, ran.id)
+    in_horse = otlp_receiver.wait_for_span(  # the job's own span, made in the work horse
+        lambda s: s.name == "inside the job" and s.parent_span_id_hex == consumer.span_id_hex
+    )
+    (by_worker,) = consumer_spans(otlp_receiver, died.id)  # made by the worker itself
+    worker_pid = re.search(r"started with PID (\d+)", output)
+    assert worker_pid is not None, output
+    assert by_worker.resource["process.pid"] == int(worker_pid.group(1))
+    assert in_horse.resource["process.pid"] not in (int(worker_pid.group(1)), os.getpid())
+    instance = by_worker.resource["service.instance.id"]
+    assert instance and in_horse.resource["service.instance.id"] == instance
+
+
 def test_job_timeout_is_reported(
     env: dict[str, str],
     gateway: Gateway,
