@@ -9,21 +9,55 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import threading
 import time
+import weakref
+from typing import IO
 
 import flask
 
 from otel.logs import JsonFormatter, TextFormatter, install
 
-__all__ = ["configure_logging", "log_requests"]
+__all__ = ["ForkSafeStreamHandler", "configure_logging", "log_requests"]
 
 access = logging.getLogger("tracegate.access")
 
 
+class ForkSafeStreamHandler(logging.StreamHandler):
+    """A stream handler that no fork interrupts mid-line.
+
+    A forking RQ worker has threads that log (an exporter retrying against a collector
+    that is down). A fork while one of them is inside the stream's write leaves the
+    stream's buffer lock held in the child for good: the work horse hangs at its first
+    log line, until rq kills it at the job's timeout. Here the fork waits for the line
+    being written; the child gets a fresh handler lock.
+    """
+
+    def __init__(self, stream: IO[str]) -> None:
+        super().__init__(stream)
+        if hasattr(os, "register_at_fork"):
+            ref = weakref.ref(self)
+            os.register_at_fork(
+                before=lambda: _call(ref, "acquire"),
+                after_in_parent=lambda: _call(ref, "release"),
+                after_in_child=lambda: _call(ref, "_renew_lock"),
+            )
+
+    def _renew_lock(self) -> None:
+        self.lock = threading.RLock()
+
+
+def _call(ref: weakref.ReferenceType[ForkSafeStreamHandler], method: str) -> None:
+    handler = ref()
+    if handler is not None:
+        getattr(handler, method)()
+
+
 def configure_logging(log_format: str) -> None:
     install()
-    handler = logging.StreamHandler(sys.stderr)
+    handler = ForkSafeStreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

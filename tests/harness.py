@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -78,7 +78,6 @@ def start_worker(
 def output_within(process: subprocess.Popen[str], timeout: float, what: str) -> str:
     """The output of `process` once it has exited; one that is still running after
     `timeout` seconds is aborted (its threads' stacks are in the failure) and fails."""
-    import os
     import signal
 
     import pytest
@@ -86,28 +85,26 @@ def output_within(process: subprocess.Popen[str], timeout: float, what: str) -> 
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.kill(process.pid, signal.SIGABRT)  # PYTHONFAULTHANDLER: the stacks, then exit
-        try:
-            output, _ = process.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            output = ""
-        kill_session(process.pid)
-        process.wait()
+        # PYTHONFAULTHANDLER: the worker and its work horses print their stacks, and exit.
+        kill_session(process.pid, signal.SIGABRT)
+        with suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=10)
+        kill_session(process.pid)  # its work horses and scheduler hold the pipe open
+        output, _ = process.communicate()
         pytest.fail(f"{what} within {timeout:.0f} s; its output:\n{output[-8000:]}")
     return output
 
 
-def kill_session(session_id: int) -> None:
-    """SIGKILL every process of a session: a worker started with `start_new_session`
-    and its work horses, which rq puts in process groups of their own."""
+def kill_session(session_id: int, signum: int = 9) -> None:
+    """SIGKILL (or `signum`) every process of a session: a worker started with
+    `start_new_session` and its work horses, which rq puts in process groups of their own."""
     import os
-    import signal
 
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             if os.getsid(int(entry)) == session_id:
-                os.kill(int(entry), signal.SIGKILL)
+                os.kill(int(entry), signum)
         except (ProcessLookupError, PermissionError):
             continue
