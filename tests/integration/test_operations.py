@@ -14,6 +14,7 @@ from werkzeug.serving import make_server
 from gateway.doctor import _sentry_tracing_check
 from tests.harness import gateways
 from tests.peers.envelope import EnvelopeReceiver
+from tests.peers.otlp import OTLPReceiver
 from tests.peers.redis import RedisServer
 
 
@@ -75,3 +76,68 @@ def test_a_unix_socket_redis_url_carries_jobs(tmp_path: Path) -> None:
         # The job is in the server behind the socket.
         with redis.Redis(unix_socket_path=str(socket_path)) as direct:
             assert direct.exists(f"rq:job:{created.json['job_id']}")
+
+
+def _tls_files(folder: Path) -> tuple[Path, Path, Path]:
+    """A throw-away CA and a server certificate for 127.0.0.1 (openssl's command line)."""
+    import subprocess
+
+    names = ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt")
+    ca_key, ca, key, csr, cert = (folder / name for name in names)
+    extensions = folder / "san.cnf"
+    extensions.write_text("subjectAltName=IP:127.0.0.1\n")
+    for args in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca,
+         "-days", "1", "-subj", "/CN=tracegate test CA"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
+         "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+         "-out", cert, "-days", "1", "-extfile", extensions],
+    ):  # fmt: skip
+        subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
+    return ca, cert, key
+
+
+def test_a_rediss_url_carries_jobs_over_tls_to_the_worker(
+    tmp_path: Path, otlp_receiver: OTLPReceiver
+) -> None:
+    from tests.harness import output_within, start_worker
+    from tests.peers.base import free_port
+
+    ca, cert, key = _tls_files(tmp_path)
+    tls_port = free_port()
+    server = RedisServer(
+        extra_args=["--tls-port", str(tls_port), "--tls-cert-file", str(cert),
+                    "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
+                    "--tls-auth-clients", "no"]
+    )  # fmt: skip
+    tls_url = f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={ca}&ssl_cert_reqs=required"
+    env = {"REDIS_URL": tls_url, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.endpoint}
+    with server, gateways(env) as make:
+        gateway = make(TRACEGATE_DEMO_TASKS="1")
+        assert gateway.client.get("/readyz").status_code == 200
+        created = gateway.client.post("/v1/jobs", json={"task": "echo", "args": ["tls"]})
+        assert created.status_code == 202 and created.json is not None
+        job_id = created.json["job_id"]
+        gateway.flush()
+        # Plain Redis on the TLS port gets no answer it can read: a clear 503, not a crash.
+        plain = make(TRACEGATE_DEMO_TASKS="1", REDIS_URL=f"redis://127.0.0.1:{tls_port}/0")
+        assert plain.client.get("/readyz").status_code == 503
+        import os
+
+        worker_env = {
+            "PATH": os.environ.get("PATH", ""),
+            "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+            "REDIS_URL": tls_url,
+            "TRACEGATE_DEMO_TASKS": "1",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.endpoint,
+            "TRACEGATE_STORE": "0",
+        }
+        output = output_within(start_worker(worker_env, "--burst"), 60, "the TLS worker")
+        status = gateway.client.get(created.json["status_url"]).get_json()
+        assert status["status"] == "finished", output
+        consumer = otlp_receiver.wait_for_span(
+            lambda s: s.kind_name == "CONSUMER"
+            and s.attributes.get("messaging.message.id") == job_id
+        )
+        assert consumer.trace_id_hex == created.json["trace_id"]
