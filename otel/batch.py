@@ -78,7 +78,7 @@ class CountingBatchSpanProcessor(SpanProcessor):
         self._cond = threading.Condition()
         self._export_lock = threading.Lock()
         self._queue: deque[ReadableSpan] = deque()
-        self._thread_pid = -1
+        self._started = False  # the export thread, in this process
 
     def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
         return None
@@ -87,8 +87,8 @@ class CountingBatchSpanProcessor(SpanProcessor):
         if not (span.context and span.context.trace_flags.sampled) or self._shutdown:
             return
         with self._cond:
-            if self._thread_pid != os.getpid():
-                self._thread_pid = os.getpid()
+            if not self._started:
+                self._started = True
                 threading.Thread(
                     target=self._run, name="tracegate-batch-export", daemon=True
                 ).start()
@@ -145,11 +145,8 @@ class CountingBatchSpanProcessor(SpanProcessor):
             return False
         started = time.monotonic()
         self._export_queued(whole=True)
-        flush = getattr(self.exporter, "force_flush", None)
-        if flush is None:
-            return True
         left_ms = max(0.0, timeout_millis - (time.monotonic() - started) * 1000)
-        return bool(flush(int(left_ms)))
+        return self.exporter.force_flush(int(left_ms))
 
     def shutdown(self) -> None:
         if self._shutdown:

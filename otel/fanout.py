@@ -85,7 +85,6 @@ class Poster:
         *,
         compression: str = "",
         backlog: int = 4,
-        verify: bool | str = True,
     ) -> None:
         self.name = name
         self.url = url
@@ -96,7 +95,6 @@ class Poster:
         self._timeout_s = timeout_s
         self._counters = counters
         self._backlog = max(1, backlog)
-        self._verify = verify
         self._stopped = threading.Event()
         self._renew()
         if hasattr(os, "register_at_fork"):
@@ -109,14 +107,14 @@ class Poster:
         self._cond = threading.Condition()
         self._queue: deque[tuple[bytes, int]] = deque()
         self._busy = False
-        self._pid = -1
+        self._started = False  # the sender thread and session, in this process
 
     def submit(self, body: bytes, count: int) -> None:
         if self._stopped.is_set():
             self._counters.add("spans_dropped", count, exporter=self.name, reason="shutdown")
             return
         with self._cond:
-            if self._pid != os.getpid():
+            if not self._started:
                 self._start()  # the first batch of this process
             if len(self._queue) >= self._backlog:
                 _, lost = self._queue.popleft()
@@ -143,10 +141,9 @@ class Poster:
     def _start(self) -> None:
         import requests
 
-        self._pid = os.getpid()
+        self._started = True
         self._session = requests.Session()
         self._session.headers.update(self._headers)
-        self._session.verify = self._verify
         name = f"tracegate-{self.name}-sender"
         threading.Thread(target=self._run, name=name, daemon=True).start()
 

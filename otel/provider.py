@@ -327,10 +327,13 @@ def build_fanout(config: TelemetryConfig, counters: Counters) -> FanoutExporter 
         return None
     client = f"tracegate/{_version()}"
     url, auth = sentry_otlp_target(config.sentry_dsn, client)
+    # As OpenTelemetry's exporter does: headers given in the settings, else the
+    # process environment's (a config built from another mapping may have none).
+    headers = dict(config.otlp_headers) or TelemetryConfig.from_env(os.environ).otlp_headers
     collector = Poster(
         "otlp",
         config.otlp_url(),
-        {"User-Agent": client, **config.otlp_headers},
+        {"User-Agent": client, **headers},
         config.otlp_timeout_s,
         counters,
         compression=config.otlp_compression,
@@ -416,8 +419,9 @@ def flush(
 ) -> bool:
     """Export what is pending, waiting at most `timeout_s`; True when it finished.
 
-    The SDK's `force_flush` blocks until its exporter gives up (retries included): it
-    ignores its timeout. So it runs in a daemon thread, abandoned at the deadline.
+    A processor's `force_flush` blocks until its exporter gives up (retries included);
+    the exporter's timeout is its own. So it runs in a daemon thread, abandoned at the
+    deadline.
     """
     force_flush = getattr(provider, "force_flush", None)
     if force_flush is None:

@@ -309,16 +309,17 @@ class _TracedWorkerMixin:
     # Exception` that protects the worker would swallow it: the stop is lost, the span
     # half handled. The signal is held over such work and handed to rq's handler after.
     def request_stop(self, signum: int, frame: Any) -> Any:
-        if self._holding_signals:
-            self._held_signals.append(signum)
-            return None
-        return super().request_stop(signum, frame)  # type: ignore[misc]
+        if not self._held(signum):
+            super().request_stop(signum, frame)  # type: ignore[misc]
 
     def request_force_stop(self, signum: int, frame: Any) -> Any:
+        if not self._held(signum):
+            super().request_force_stop(signum, frame)  # type: ignore[misc]
+
+    def _held(self, signum: int) -> bool:
         if self._holding_signals:
             self._held_signals.append(signum)
-            return None
-        return super().request_force_stop(signum, frame)  # type: ignore[misc]
+        return self._holding_signals
 
     @contextmanager
     def _signals_held(self) -> Iterator[None]:

@@ -85,10 +85,10 @@ def test_a_full_batch_goes_out_before_the_schedule_and_unsampled_spans_never(
 ) -> None:
     from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
-    provider, _, counters = _pipeline(otlp_receiver, OTEL_BSP_MAX_EXPORT_BATCH_SIZE="3")
+    provider, processor, counters = _pipeline(otlp_receiver, OTEL_BSP_MAX_EXPORT_BATCH_SIZE="3")
     tracer = provider.get_tracer("tests")
     quiet = TracerProvider(sampler=ALWAYS_OFF)
-    quiet.add_span_processor(provider._active_span_processor)
+    quiet.add_span_processor(processor)
     quiet.get_tracer("tests").start_span("unsampled").end()
     for number in range(3):
         tracer.start_span(f"span {number}").end()

@@ -113,9 +113,10 @@ def test_spans_go_to_sentrys_otlp_endpoint_and_errors_stay_linked(
         f"sentry_client=tracegate/{_tracegate_version()}"
     )
     assert "authorization" not in request.headers
-    # ... and the collector got the same spans.
+    # ... and the collector got the same spans, with its own credentials.
     collected = otlp_receiver.wait_for_span(lambda s: s.name == "GET /example")
     assert collected.span_id_hex == server.span_id_hex
+    assert otlp_receiver.request_headers[0]["authorization"] == "Bearer collector-secret"
 
     # No transaction envelope, but the message and the error, linked to the trace.
     message = sentry.wait_for(lambda e: e.get("logentry") or e.get("message"), item_type="event")
@@ -237,15 +238,14 @@ def test_each_batch_is_encoded_once_unless_the_collector_needs_opentelemetrys_ex
             "SENTRY_DSN": "http://public@127.0.0.1:9/42",
             "TRACEGATE_SENTRY_TRACES": "otlp",
             "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
-            "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer collector-secret",
         }
     )
     fanout = build_fanout(config, Counters())
     assert isinstance(fanout, FanoutExporter)
-    collector, to_sentry = fanout.posters
-    assert collector.url == "http://127.0.0.1:9/v1/traces"
-    assert collector._headers["authorization"] == "Bearer collector-secret"
-    assert "authorization" not in to_sentry._headers and "X-Sentry-Auth" in to_sentry._headers
+    assert [p.url for p in fanout.posters] == [
+        "http://127.0.0.1:9/v1/traces",
+        "http://127.0.0.1:9/api/42/integration/otlp/v1/traces/",
+    ]
     # A client certificate is applied by OpenTelemetry's exporter only: it keeps the
     # collector, and each destination its own batch processor.
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "/etc/collector/client.pem")

@@ -27,6 +27,7 @@ class OTLPReceiver(SpanInbox, PeerContext):
 
     def __init__(self, faults: Faults | None = None) -> None:
         super().__init__()
+        self.request_headers: list[dict[str, str]] = []  # of each export request, in order
         handle = faults.wrap(self._handle) if faults is not None else self._handle
         self._http = LoopbackHTTPServer("otlp", handle)
 
@@ -61,5 +62,6 @@ class OTLPReceiver(SpanInbox, PeerContext):
             request.ParseFromString(decode_body(body, headers.get("content-encoding")))
         except DecodeError as exc:
             raise ValueError(f"not an ExportTraceServiceRequest: {exc}") from exc
+        self.request_headers.append(dict(headers))
         self._add(spans_from_request(request))
         return 200, PROTOBUF, ExportTraceServiceResponse().SerializeToString()
