@@ -33,6 +33,7 @@ so `rq worker -w otel.rq.TracedWorker` needs no code of the user's to set up tel
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import signal
@@ -270,6 +271,14 @@ class TracedQueue(Queue):
 # -- consumer -----------------------------------------------------------------------
 
 
+def _trip(thread: Any) -> None:
+    """Clear a redis-py pubsub thread's running flag without waiting for it to end."""
+    if "timeout" in inspect.signature(thread.stop).parameters:
+        thread.stop(timeout=0)  # redis-py >= 8.2 joins in stop()
+    else:
+        thread.stop()
+
+
 class _TracedWorkerMixin:
     """The consumer side, shared by every worker class (see the module docstring)."""
 
@@ -433,6 +442,20 @@ class _TracedWorkerMixin:
         if not getattr(self, "is_horse", False):
             self._take_over_due()
         return super().teardown()  # type: ignore[misc]
+
+    def unsubscribe(self) -> Any:
+        """rq's unsubscribe, with its pubsub thread told to stop first.
+
+        rq sends UNSUBSCRIBE and then stops the thread that reads the worker's channel
+        (in 60 s reads). When that thread reads the UNSUBSCRIBE reply before the stop
+        flag is tripped, it goes back to a 60 s read — and redis-py >= 8.2 joins it
+        without a bound: shutdown stalled for up to a minute. Tripped first, the reply
+        is the thread's last read and it ends at once.
+        """
+        thread = getattr(self, "pubsub_thread", None)
+        if thread is not None:
+            _trip(thread)
+        return super().unsubscribe()  # type: ignore[misc]
 
     def _take_over_due(self, force: bool = True) -> None:
         if not self._handoff_due:

@@ -137,7 +137,8 @@ def test_a_rediss_url_carries_jobs_over_tls_to_the_worker(
         status = gateway.client.get(created.json["status_url"]).get_json()
         assert status["status"] == "finished", output
         consumer = otlp_receiver.wait_for_span(
-            lambda s: s.kind_name == "CONSUMER"
-            and s.attributes.get("messaging.message.id") == job_id
+            lambda s: (
+                s.kind_name == "CONSUMER" and s.attributes.get("messaging.message.id") == job_id
+            )
         )
         assert consumer.trace_id_hex == created.json["trace_id"]

@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -24,7 +25,7 @@ from rq import Retry
 from rq.job import Job
 from rq.version import VERSION as rq_version
 
-from otel.rq import CARRIER_KEY, TracedJob, TracedQueue, attempts
+from otel.rq import CARRIER_KEY, TracedJob, TracedQueue, TracedWorker, attempts
 from tests.harness import Gateway, gateways, kill_session, output_within, start_worker
 from tests.peers.envelope import EnvelopeReceiver
 from tests.peers.otlp import OTLPReceiver
@@ -506,6 +507,41 @@ def test_a_stop_during_the_take_over_waits_for_it_and_is_not_lost(
     assert Job.fetch(job.id, connection=connection).get_status() == "finished"
     (consumer,) = consumer_spans(otlp_receiver, job.id)
     assert consumer.trace_id_hex == trace_id
+
+
+def test_the_worker_leaves_its_channel_at_once_when_the_reader_saw_the_reply_first(
+    gateway: Gateway, connection: redis.Redis
+) -> None:
+    # rq's shutdown sends UNSUBSCRIBE, then stops the thread that reads the worker's
+    # channel in 60 s reads. Here that thread reads the reply before the stop, as it
+    # sometimes does under load: it must still end now, not after its next 60 s read
+    # (redis-py >= 8.2 waits for it without a bound: the worker's shutdown stalled).
+    worker = TracedWorker(["default"], connection=connection)
+    worker.subscribe()
+    pubsub, reader = worker.pubsub, worker.pubsub_thread
+    channel = worker.pubsub_channel_name
+    deadline = time.monotonic() + 10
+    while dict(connection.pubsub_numsub(channel)).get(channel.encode()) != 1:
+        assert time.monotonic() < deadline, "the worker did not subscribe"
+        time.sleep(0.01)
+    send = pubsub.unsubscribe
+
+    def unsubscribe_and_let_the_reader_read(*args: Any) -> Any:
+        result = send(*args)
+        deadline = time.monotonic() + 10
+        while pubsub.subscribed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return result
+
+    pubsub.unsubscribe = unsubscribe_and_let_the_reader_read  # type: ignore[method-assign]
+    leaving = threading.Thread(target=worker.unsubscribe, daemon=True)
+    leaving.start()
+    leaving.join(10)
+    assert not leaving.is_alive(), "unsubscribe is waiting out the reader's 60 s read"
+    reader.join(5)
+    assert not reader.is_alive(), "the channel's reader is still reading"
+    assert dict(connection.pubsub_numsub(channel)).get(channel.encode()) == 0
+    assert not [c for c in connection.client_list() if c["cmd"] == "unsubscribe"]
 
 
 def test_delayed_job_kwargs_stay_the_tasks_arguments(
