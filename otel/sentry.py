@@ -28,14 +28,12 @@ from __future__ import annotations
 
 import contextvars
 import datetime
-import io
 import json
 import logging
 import os
 import random
 import threading
 import time
-import zlib
 from collections import OrderedDict
 from copy import copy
 from dataclasses import dataclass
@@ -53,7 +51,6 @@ from sentry_sdk.integrations import Integration
 from sentry_sdk.integrations.logging import ignore_logger
 from sentry_sdk.scope import add_global_event_processor
 from sentry_sdk.scrubber import EventScrubber
-from sentry_sdk.transport import HttpTransport
 from sentry_sdk.utils import AnnotatedValue
 from sentry_sdk.utils import logger as sentry_logger
 
@@ -62,7 +59,7 @@ from otel.config import TelemetryConfig
 from otel.counters import Counters
 from otel.propagation import TracegatePropagator
 from otel.semconv import ORIGIN, attribute_dict, finite, json_encoder, sentry_fields, span_json
-from otel.transport import EventSink, count_losses, sentry_transport
+from otel.transport import CompactHttpTransport, EventSink, count_losses, sentry_transport
 
 __all__ = [
     "CompactHttpTransport",
@@ -642,35 +639,6 @@ def _unannotate(value: Any) -> tuple[Any, dict[str, Any] | None]:
 
 def _now_iso() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat()
-
-
-class CompactHttpTransport(HttpTransport):
-    """sentry-sdk's HTTP transport with a cheaper gzip.
-
-    sentry-sdk gzips every envelope at level 9 with a 32 KiB window, which sets up
-    about 256 KiB of compressor state per envelope: about 60 µs for a 2 KB
-    transaction, more than building it. This one sizes the window to the envelope and
-    compresses at level 1 with less state: a sixth of the time, 10-15 % more bytes.
-    An explicit `transport_compression_level` (sentry-sdk's `_experiments`) is kept.
-    """
-
-    def __init__(self, options: dict[str, Any]) -> None:
-        super().__init__(options)
-        experiments = options.get("_experiments") or {}
-        self._tracegate_gzip = (
-            getattr(self, "_compression_algo", None) == "gzip"
-            and "transport_compression_level" not in experiments
-            and "transport_zlib_compression_level" not in experiments
-        )
-
-    def _serialize_envelope(self, envelope: Envelope) -> tuple[str | None, io.BytesIO]:
-        if not self._tracegate_gzip:
-            result: tuple[str | None, io.BytesIO] = super()._serialize_envelope(envelope)
-            return result
-        raw = envelope.serialize()
-        window = max(9, min(15, (len(raw) - 1).bit_length()))
-        compressor = zlib.compressobj(1, zlib.DEFLATED, 16 + window, 4)  # level 1, memLevel 4
-        return "gzip", io.BytesIO(compressor.compress(raw) + compressor.flush())
 
 
 class TracegateIntegration(Integration):

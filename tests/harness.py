@@ -108,3 +108,21 @@ def kill_session(session_id: int, signum: int = 9) -> None:
                 os.kill(int(entry), signum)
         except (ProcessLookupError, PermissionError):
             continue
+
+
+def tls_files(folder: Path) -> tuple[Path, Path, Path]:
+    """A throw-away CA and a server certificate for 127.0.0.1 (openssl's command line)."""
+    names = ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt")
+    ca_key, ca, key, csr, cert = (folder / name for name in names)
+    extensions = folder / "san.cnf"
+    extensions.write_text("subjectAltName=IP:127.0.0.1\n")
+    for args in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca,
+         "-days", "1", "-subj", "/CN=tracegate test CA"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
+         "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+         "-out", cert, "-days", "1", "-extfile", extensions],
+    ):  # fmt: skip
+        subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
+    return ca, cert, key

@@ -78,33 +78,13 @@ def test_a_unix_socket_redis_url_carries_jobs(tmp_path: Path) -> None:
             assert direct.exists(f"rq:job:{created.json['job_id']}")
 
 
-def _tls_files(folder: Path) -> tuple[Path, Path, Path]:
-    """A throw-away CA and a server certificate for 127.0.0.1 (openssl's command line)."""
-    import subprocess
-
-    names = ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt")
-    ca_key, ca, key, csr, cert = (folder / name for name in names)
-    extensions = folder / "san.cnf"
-    extensions.write_text("subjectAltName=IP:127.0.0.1\n")
-    for args in (
-        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca,
-         "-days", "1", "-subj", "/CN=tracegate test CA"],
-        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
-         "-subj", "/CN=127.0.0.1"],
-        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
-         "-out", cert, "-days", "1", "-extfile", extensions],
-    ):  # fmt: skip
-        subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
-    return ca, cert, key
-
-
 def test_a_rediss_url_carries_jobs_over_tls_to_the_worker(
     tmp_path: Path, otlp_receiver: OTLPReceiver
 ) -> None:
-    from tests.harness import output_within, start_worker
+    from tests.harness import output_within, start_worker, tls_files
     from tests.peers.base import free_port
 
-    ca, cert, key = _tls_files(tmp_path)
+    ca, cert, key = tls_files(tmp_path)
     tls_port = free_port()
     server = RedisServer(
         extra_args=["--tls-port", str(tls_port), "--tls-cert-file", str(cert),
