@@ -12,7 +12,8 @@ and a Content-Length or chunked body itself: about 25 µs.
 - A reused connection that the server closed while it was idle fails on the next
   request before any answer arrives: that request is sent once more on a fresh
   connection. Nothing else is retried here (the caller decides).
-- https with the caller's `ssl.SSLContext` (certificate and host name checked).
+- https with the caller's `ssl.SSLContext`, made on the first connection (certificate
+  and host name checked).
 - Bounded: a status line or header over 64 KiB, more than 100 headers or an answer
   body over `max_body` bytes is an error, not memory.
 - Fork-safe: a forked child starts with a fresh lock and no connection (it opens its
@@ -27,7 +28,7 @@ import socket
 import ssl
 import threading
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 __all__ = ["Answer", "Origin", "ProtocolError"]
@@ -77,16 +78,18 @@ class Origin:
         port: int,
         *,
         timeout_s: float = 30.0,
-        ssl_context: ssl.SSLContext | None = None,
+        ssl_context: Callable[[], ssl.SSLContext] | None = None,
         socket_options: Iterable[tuple[int, int, Any]] = (),
         max_body: int = 1 << 20,
     ) -> None:
         if scheme not in ("http", "https"):
             raise ValueError(f"not an http(s) origin: {scheme!r}")
         self.host, self.port = host, port
-        self._tls = ssl_context if scheme == "https" else None
-        if scheme == "https" and self._tls is None:
-            self._tls = ssl.create_default_context()
+        # Made on the first connection: loading a CA bundle costs milliseconds, and a
+        # forked work horse that makes a transport may never send anything.
+        self._https = scheme == "https"
+        self._tls_factory = ssl_context or ssl.create_default_context
+        self._tls: ssl.SSLContext | None = None
         self._timeout_s = timeout_s
         self._socket_options = tuple(socket_options)
         self._max_body = max_body
@@ -167,7 +170,9 @@ class Origin:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             for level, option, value in self._socket_options:
                 sock.setsockopt(level, option, value)
-            if self._tls is not None:
+            if self._https:
+                if self._tls is None:
+                    self._tls = self._tls_factory()
                 sock = self._tls.wrap_socket(sock, server_hostname=self.host)
         except BaseException:
             sock.close()

@@ -104,17 +104,19 @@ def _origin(transport: HttpTransport) -> Origin | None:
         return None
     if dsn is None or dsn.scheme not in ("http", "https") or not dsn.host:
         return None
-    context = None
-    if dsn.scheme == "https":
+
+    def tls() -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=options.get("ca_certs") or None)
         if options.get("cert_file"):
             context.load_cert_chain(options["cert_file"], options.get("key_file") or None)
+        return context
+
     return Origin(
         dsn.scheme,
         dsn.host,
         int(dsn.port),
         timeout_s=float(getattr(transport, "TIMEOUT", 30)),
-        ssl_context=context,
+        ssl_context=tls,
         socket_options=options.get("socket_options") or (),
     )
 

@@ -304,3 +304,17 @@ def test_kill_does_not_wait_for_a_server_that_never_answers() -> None:
         released.set()
         assert not killing.is_alive(), "kill waited for the answer"
         assert server.connections == 1
+
+
+def test_a_missing_ca_bundle_fails_the_send_counted_not_the_start(tmp_path: Path) -> None:
+    # As with sentry-sdk's own transport: the CA bundle is read when a connection is
+    # made (a forked work horse that makes a transport may never connect), so a bad
+    # path costs the envelopes, counted, and never the application's start.
+    with RawHTTPServer() as server:
+        transport, counters = _transport(
+            f"https://public@127.0.0.1:{server.port}/42", ca_certs=str(tmp_path / "none.pem")
+        )
+        _send(transport, 1)
+        assert not [r for r in server.requests if _event_id(r)]
+        assert counters.get("events_dropped", reason="network_error") == 1
+        transport.kill()
