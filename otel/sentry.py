@@ -351,6 +351,17 @@ class SentryBridge(SpanProcessor):
         client = sentry_sdk.get_client()
         if not client.is_active():
             return
+        if client.spotlight is None and _queue_full(client.transport):
+            # sentry-sdk would drop it at the door: neither build nor serialise it (under
+            # overload that was most of the bridge's cost), but count it as sentry-sdk
+            # does, for /metrics and for Sentry's client reports.
+            transport = client.transport
+            assert transport is not None
+            transport.record_lost_event("queue_overflow", data_category="transaction")
+            transport.record_lost_event(
+                "queue_overflow", data_category="span", quantity=len(segment.spans) + 1
+            )
+            return
         self.events_seen += 1
         deny = self._envelopes.span_denylist(client)
         root_context = root.context
@@ -652,6 +663,13 @@ class TracegateIntegration(Integration):
     @staticmethod
     def setup_once() -> None:
         add_global_event_processor(_process_event)  # type: ignore[arg-type]
+
+
+def _queue_full(transport: Any) -> bool:
+    """Whether sentry-sdk's transport queue (of its HTTP transport, when wrapped) is full."""
+    inner = getattr(transport, "_http", None) or transport
+    full = getattr(getattr(inner, "_worker", None), "full", None)
+    return bool(full()) if callable(full) else False
 
 
 def _process_event(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:

@@ -114,6 +114,34 @@ def test_sentry_failing_costs_requests_nothing_and_is_counted(fault: str, faults
         )
 
 
+def test_every_transaction_sentry_could_not_take_is_accounted_for(faults: Faults) -> None:
+    # While Sentry hangs, sentry-sdk's transport queue (100) fills: each transaction is
+    # either delivered once Sentry is back or reported lost — on /metrics and in the
+    # client reports sentry-sdk sends to Sentry — never lost silently.
+    made = 160
+    with EnvelopeReceiver(faults=faults) as sentry, gateways({}) as make:
+        faults.hang()
+        gateway = make(SENTRY_DSN=sentry.dsn)
+        timed_requests(gateway, "/no-such-page", made)  # a 404: a transaction, no error
+        faults.heal()
+        gateway.telemetry.flush(35)
+        lost = counter(gateway, "events_dropped", reason="queue_overflow")
+
+        def reported(category: str) -> int:
+            return sum(
+                entry["quantity"]
+                for item in sentry.items("client_report")
+                for entry in (item.json or {}).get("discarded_events", [])
+                if entry["category"] == category and entry["reason"] == "queue_overflow"
+            )
+
+        wait_for(lambda: reported("transaction") >= lost > 0)
+        delivered = [t for t in sentry.transactions() if t["transaction"] != "/metrics"]
+        assert delivered and len(delivered) + lost == made
+        assert reported("transaction") == lost
+        assert reported("span") == lost  # each had its server span alone
+
+
 # -- the collector --------------------------------------------------------------------
 
 
