@@ -99,6 +99,11 @@ def run_worker(
             started = time.monotonic()
             try:
                 worker.work(burst=burst, with_scheduler=True)
+            except StopRequested:
+                # rq's SIGTERM handler raised it where rq's loop does not catch it (the
+                # signal came between two iterations, at its `while True`); rq's
+                # teardown has run: this is the stop that was asked for.
+                return 0
             except (redis.RedisError, OSError) as error:  # raised by rq's own teardown
                 logger.warning("tracegate: the worker lost Redis: %s", error)
             if burst or _stopped(worker):

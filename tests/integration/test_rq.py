@@ -509,6 +509,21 @@ def test_a_stop_during_the_take_over_waits_for_it_and_is_not_lost(
     assert consumer.trace_id_hex == trace_id
 
 
+def test_a_stop_that_escapes_rqs_loop_is_a_clean_stop(
+    env: dict[str, str], gateway: Gateway, connection: redis.Redis, otlp_receiver: OTLPReceiver
+) -> None:
+    # Spans wait 60 s in the batch queue: only the shutdown's flush can send them.
+    env = {**env, "OTEL_BSP_SCHEDULE_DELAY": "60000"}
+    job, trace_id = enqueue_traced(gateway, connection, "traced_echo", "x")
+    process = start_worker(env, "--worker-class", "tests.jobs.workers.StopEscapesTheLoop")
+    output = output_within(process, 30, "the worker did not stop")
+    assert "StopRequested leaves work()" in output
+    assert process.returncode == 0, output
+    assert Job.fetch(job.id, connection=connection).get_status() == "finished"
+    (consumer,) = consumer_spans(otlp_receiver, job.id)
+    assert consumer.trace_id_hex == trace_id
+
+
 def test_the_worker_leaves_its_channel_at_once_when_the_reader_saw_the_reply_first(
     gateway: Gateway, connection: redis.Redis
 ) -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import signal
 import time
+from typing import Any
+
+from rq.exceptions import StopRequested
 
 from gateway.worker import GatewayWorker
 
@@ -27,3 +30,15 @@ class StoppedDuringTakeOver(GatewayWorker):
             except Exception as error:
                 print(f"swallowed {type(error).__name__}", flush=True)
         super()._take_over_spans()
+
+
+class StopEscapesTheLoop(GatewayWorker):
+    """SIGTERM between two iterations of rq's loop, at its `while True`: rq's handler
+    raises StopRequested outside the loop's `try`, so only rq's teardown runs and the
+    exception leaves `work()`. Emulated: the waiting jobs run, then it is raised."""
+
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        kwargs["burst"] = True
+        super().work(*args, **kwargs)
+        print("StopRequested leaves work()", flush=True)
+        raise StopRequested()
