@@ -49,7 +49,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from rq import Queue, SimpleWorker, Worker
-from rq.exceptions import AbandonedJobError
+from rq.exceptions import AbandonedJobError, StopRequested
 from rq.job import Job, JobStatus
 from rq.version import VERSION as rq_version
 from sentry_sdk.utils import event_from_exception
@@ -437,6 +437,17 @@ class _TracedWorkerMixin:
             if timeout is not None:
                 result = dequeue(timeout, max_idle_time)
         return result
+
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        """rq's loop. rq's SIGTERM handler raises StopRequested wherever the idle
+        worker's main thread is; between two iterations (at its `while True`, outside
+        the loop's `try`) it leaves `work()` after rq's teardown, and `rq worker`
+        reports it as an error with exit status 1. It is the stop that was asked for."""
+        try:
+            return bool(super().work(*args, **kwargs))  # type: ignore[misc]
+        except StopRequested:
+            logger.info("tracegate: worker %s stopped on request", self.name)
+            return False
 
     def teardown(self) -> Any:
         if not getattr(self, "is_horse", False):

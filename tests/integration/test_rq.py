@@ -524,6 +524,23 @@ def test_a_stop_that_escapes_rqs_loop_is_a_clean_stop(
     assert consumer.trace_id_hex == trace_id
 
 
+def test_a_stop_that_escapes_rqs_loop_is_a_clean_stop_on_rqs_command_line(
+    env: dict[str, str], gateway: Gateway, connection: redis.Redis, redis_url: str
+) -> None:
+    job, _ = enqueue_traced(gateway, connection, "traced_echo", "x")
+    rq = str(Path(sys.executable).with_name("rq"))
+    result = subprocess.run(
+        [rq, "worker", "--burst", "--url", redis_url, "-w", "tests.jobs.workers.StopInTeardown",
+         "-j", "otel.rq.TracedJob", "default"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert "StopRequested leaves rq's loop" in output
+    assert result.returncode == 0, output
+    assert "Traceback" not in output, output
+    assert Job.fetch(job.id, connection=connection).get_status() == "finished"
+
+
 def test_the_worker_leaves_its_channel_at_once_when_the_reader_saw_the_reply_first(
     gateway: Gateway, connection: redis.Redis
 ) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 from rq.exceptions import StopRequested
 
 from gateway.worker import GatewayWorker
+from otel.rq import TracedWorker
 
 
 class StoppedDuringTakeOver(GatewayWorker):
@@ -41,4 +42,14 @@ class StopEscapesTheLoop(GatewayWorker):
         kwargs["burst"] = True
         super().work(*args, **kwargs)
         print("StopRequested leaves work()", flush=True)
+        raise StopRequested()
+
+
+class StopInTeardown(TracedWorker):
+    """The same stop seen from rq's own command line (`rq worker -w ...`): raised after
+    rq's teardown, it leaves rq's `work()` (emulated from the teardown)."""
+
+    def teardown(self) -> None:
+        super().teardown()
+        print("StopRequested leaves rq's loop", flush=True)
         raise StopRequested()
