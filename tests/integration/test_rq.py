@@ -499,14 +499,11 @@ def test_a_stop_during_the_take_over_waits_for_it_and_is_not_lost(
     # rq's handler raises StopRequested in an idle worker's main thread; inside the
     # take-over an `except Exception` would swallow it and the worker would wait for
     # the next job instead of stopping, the spans it was ending half handled.
-    job, trace_id = enqueue_traced(gateway, connection, "traced_echo", "x")
-    process = start_worker(env, "--worker-class", "tests.jobs.workers.StoppedDuringTakeOver")
-    output = output_within(process, 30, "the stop was lost: the worker did not stop")
-    assert process.returncode == 0, output
+    output = _run_until_it_stops(
+        env, gateway, connection, otlp_receiver, "StoppedDuringTakeOver",
+        "the stop was lost: the worker did not stop",
+    )  # fmt: skip
     assert "swallowed" not in output, output
-    assert Job.fetch(job.id, connection=connection).get_status() == "finished"
-    (consumer,) = consumer_spans(otlp_receiver, job.id)
-    assert consumer.trace_id_hex == trace_id
 
 
 def test_a_stop_that_escapes_rqs_loop_is_a_clean_stop(
@@ -514,14 +511,30 @@ def test_a_stop_that_escapes_rqs_loop_is_a_clean_stop(
 ) -> None:
     # Spans wait 60 s in the batch queue: only the shutdown's flush can send them.
     env = {**env, "OTEL_BSP_SCHEDULE_DELAY": "60000"}
-    job, trace_id = enqueue_traced(gateway, connection, "traced_echo", "x")
-    process = start_worker(env, "--worker-class", "tests.jobs.workers.StopEscapesTheLoop")
-    output = output_within(process, 30, "the worker did not stop")
+    output = _run_until_it_stops(
+        env, gateway, connection, otlp_receiver, "StopEscapesTheLoop", "the worker did not stop"
+    )
     assert "StopRequested leaves work()" in output
+
+
+def _run_until_it_stops(
+    env: dict[str, str],
+    gateway: Gateway,
+    connection: redis.Redis,
+    otlp_receiver: OTLPReceiver,
+    worker_class: str,
+    what: str,
+) -> str:
+    """`tracegate worker` with a class of tests/jobs/workers.py that stops itself after
+    a traced job: it exits 0, the job finished, its consumer span arrived. Its output."""
+    job, trace_id = enqueue_traced(gateway, connection, "traced_echo", "x")
+    process = start_worker(env, "--worker-class", f"tests.jobs.workers.{worker_class}")
+    output = output_within(process, 30, what)
     assert process.returncode == 0, output
     assert Job.fetch(job.id, connection=connection).get_status() == "finished"
     (consumer,) = consumer_spans(otlp_receiver, job.id)
     assert consumer.trace_id_hex == trace_id
+    return output
 
 
 def test_a_stop_that_escapes_rqs_loop_is_a_clean_stop_on_rqs_command_line(
