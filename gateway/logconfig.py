@@ -9,15 +9,14 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import threading
 import time
-import weakref
 from typing import IO
 
 import flask
 
+from otel.forks import at_fork
 from otel.logs import JsonFormatter, TextFormatter, install
 
 __all__ = ["ForkSafeStreamHandler", "configure_logging", "log_requests"]
@@ -37,22 +36,10 @@ class ForkSafeStreamHandler(logging.StreamHandler):
 
     def __init__(self, stream: IO[str]) -> None:
         super().__init__(stream)
-        if hasattr(os, "register_at_fork"):
-            ref = weakref.ref(self)
-            os.register_at_fork(
-                before=lambda: _call(ref, "acquire"),
-                after_in_parent=lambda: _call(ref, "release"),
-                after_in_child=lambda: _call(ref, "_renew_lock"),
-            )
+        at_fork(self, before="acquire", after_in_parent="release", after_in_child="_renew_lock")
 
     def _renew_lock(self) -> None:
         self.lock = threading.RLock()
-
-
-def _call(ref: weakref.ReferenceType[ForkSafeStreamHandler], method: str) -> None:
-    handler = ref()
-    if handler is not None:
-        getattr(handler, method)()
 
 
 def configure_logging(log_format: str) -> None:

@@ -18,7 +18,6 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Mapping, Sequence
 
@@ -28,6 +27,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from otel.counters import Counters
+from otel.forks import at_fork
 
 __all__ = ["CountingBatchSpanProcessor"]
 
@@ -68,9 +68,7 @@ class CountingBatchSpanProcessor(SpanProcessor):
         self._max_batch = min(_setting(env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512), self._max_queue)
         self._shutdown = False
         self._renew()
-        if hasattr(os, "register_at_fork"):
-            ref = weakref.ref(self)
-            os.register_at_fork(after_in_child=lambda: _renew_in_child(ref))
+        at_fork(self, after_in_child="_renew")
 
     def _renew(self) -> None:
         """Fresh locks and an empty queue: in a new process, the parent's are the parent's
@@ -156,9 +154,3 @@ class CountingBatchSpanProcessor(SpanProcessor):
         with self._cond:
             self._cond.notify_all()
         self.exporter.shutdown()
-
-
-def _renew_in_child(ref: weakref.ReferenceType[CountingBatchSpanProcessor]) -> None:
-    processor = ref()
-    if processor is not None:
-        processor._renew()

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import gzip
 import logging
-import os
 import threading
 import time
-import weakref
 import zlib
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -30,6 +28,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from otel.counters import Counters
+from otel.forks import at_fork
 
 __all__ = ["FanoutExporter", "Poster", "post_with_retries"]
 
@@ -97,9 +96,7 @@ class Poster:
         self._backlog = max(1, backlog)
         self._stopped = threading.Event()
         self._renew()
-        if hasattr(os, "register_at_fork"):
-            ref = weakref.ref(self)
-            os.register_at_fork(after_in_child=lambda: _renew_in_child(ref))
+        at_fork(self, after_in_child="_renew")
 
     def _renew(self) -> None:
         """Fresh locks and nothing waiting: in a forked child the parent's batches are the
@@ -202,9 +199,3 @@ class FanoutExporter(SpanExporter):
     def shutdown(self) -> None:
         for poster in self.posters:
             poster.stop()
-
-
-def _renew_in_child(ref: weakref.ReferenceType[Poster]) -> None:
-    poster = ref()
-    if poster is not None:
-        poster._renew()

@@ -23,13 +23,13 @@ and a Content-Length or chunked body itself: about 25 µs.
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import ssl
 import threading
-import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+
+from otel.forks import at_fork
 
 __all__ = ["Answer", "Origin", "ProtocolError"]
 
@@ -99,9 +99,7 @@ class Origin:
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._file: Any = None
-        if hasattr(os, "register_at_fork"):
-            ref = weakref.ref(self)
-            os.register_at_fork(after_in_child=lambda: _renew_in_child(ref))
+        at_fork(self, after_in_child="_renew")
 
     def _renew(self) -> None:
         """In a forked child: the parent's lock may have been held at the fork, and so
@@ -259,12 +257,6 @@ class Origin:
             parts.append(self._read_exactly(size))
             if self._file.readline(3) not in (b"\r\n", b"\n"):
                 raise ProtocolError("a chunk without its line end")
-
-
-def _renew_in_child(ref: weakref.ref[Origin]) -> None:
-    origin = ref()
-    if origin is not None:
-        origin._renew()
 
 
 def _status_line(line: bytes) -> tuple[str, int]:

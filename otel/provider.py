@@ -18,7 +18,6 @@ import contextvars
 import logging
 import os
 import threading
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,6 +42,7 @@ from otel.batch import CountingBatchSpanProcessor
 from otel.config import TelemetryConfig
 from otel.counters import Counters
 from otel.fanout import FanoutExporter, Poster, post_with_retries
+from otel.forks import at_fork
 from otel.handoff import HandoffProcessor
 from otel.propagation import DEFERRED_SAMPLING_KEY, AdoptingIdGenerator
 
@@ -255,11 +255,12 @@ class SentryOTLPExporter(SpanExporter):
         }
         self._session = self._new_session()
         self._stopped = threading.Event()
-        if hasattr(os, "register_at_fork"):
-            # A forked child (an RQ work horse that exports) must not write to the
-            # parent's pooled connections: it gets its own, the parent's stay untouched.
-            ref = weakref.ref(self)
-            os.register_at_fork(after_in_child=lambda: _renew_session(ref))
+        # A forked child (an RQ work horse that exports) must not write to the parent's
+        # pooled connections: it gets its own, the parent's stay untouched.
+        at_fork(self, after_in_child="_renew_session")
+
+    def _renew_session(self) -> None:
+        self._session = self._new_session()
 
     def _new_session(self) -> Any:
         import requests
@@ -286,12 +287,6 @@ class SentryOTLPExporter(SpanExporter):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True
-
-
-def _renew_session(ref: weakref.ReferenceType[SentryOTLPExporter]) -> None:
-    exporter = ref()
-    if exporter is not None:
-        exporter._session = exporter._new_session()
 
 
 def build_sentry_exporter(config: TelemetryConfig) -> SentryOTLPExporter | None:

@@ -30,7 +30,6 @@ import contextvars
 import datetime
 import json
 import logging
-import os
 import random
 import threading
 import time
@@ -57,6 +56,7 @@ from sentry_sdk.utils import logger as sentry_logger
 from otel import ids
 from otel.config import TelemetryConfig
 from otel.counters import Counters
+from otel.forks import at_fork
 from otel.propagation import TracegatePropagator
 from otel.semconv import ORIGIN, attribute_dict, finite, json_encoder, sentry_fields, span_json
 from otel.transport import CompactHttpTransport, EventSink, count_losses, sentry_transport
@@ -183,8 +183,7 @@ class SentryBridge(SpanProcessor):
         self.events_seen = 0  # lets a work horse skip flushing when it sent nothing
         self._envelopes = _EnvelopeBuilder()
         self._reset()
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._reset)
+        at_fork(self, after_in_child="_reset")
 
     def _reset(self) -> None:
         self._lock = threading.Lock()
