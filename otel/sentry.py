@@ -174,10 +174,14 @@ class SentryBridge(SpanProcessor):
     def __init__(self, config: TelemetryConfig, propagator: TracegatePropagator) -> None:
         self.config = config
         self.propagator = propagator
-        # With TRACEGATE_SENTRY_TRACES=otlp and a DSN, spans reach Sentry through an OTLP
-        # exporter (see `otel.provider`): no segments are collected, errors are still
-        # linked. Without a DSN (Spotlight, the local store) transactions stay.
-        self.transactions = not config.sentry_otlp_enabled
+        # Segments are collected for a DSN or Spotlight to receive as transactions. With
+        # TRACEGATE_SENTRY_TRACES=otlp and a DSN spans reach Sentry through an OTLP
+        # exporter (see `otel.provider`); with neither DSN nor Spotlight (the local
+        # store's sink takes error and message events only) nobody would receive one.
+        # Errors are linked either way.
+        self.transactions = (
+            bool(config.sentry_dsn or config.sentry_spotlight) and not config.sentry_otlp_enabled
+        )
         self.failures = 0  # telemetry errors swallowed, for operators
         self.dropped_spans = 0
         self.events_seen = 0  # lets a work horse skip flushing when it sent nothing

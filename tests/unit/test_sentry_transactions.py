@@ -280,10 +280,16 @@ def test_the_sentry_exporter_takes_nothing_from_the_collectors_environment(
     assert build_sentry_exporter(TelemetryConfig(sentry_dsn=DSN)) is None  # envelope mode
 
 
-def test_otlp_mode_without_a_dsn_keeps_transactions() -> None:
+def test_transactions_are_built_only_for_someone_to_receive_them() -> None:
     propagator = TracegatePropagator(DscDefaults(), Counters())
-    assert SentryBridge(TelemetryConfig(sentry_traces="otlp"), propagator).transactions
-    assert not _bridge(sentry_traces="otlp").transactions
+
+    def builds(**config: str) -> bool:
+        return SentryBridge(TelemetryConfig(**config), propagator).transactions
+
+    assert builds(sentry_dsn=DSN)
+    assert builds(sentry_spotlight="http://127.0.0.1:8969/stream", sentry_traces="otlp")
+    assert not builds(sentry_dsn=DSN, sentry_traces="otlp")  # Sentry's OTLP endpoint
+    assert not builds()  # the local store's sink takes error and message events only
 
 
 def test_a_forked_child_gets_its_own_connections_to_sentry() -> None:
