@@ -16,7 +16,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import unquote
 
-__all__ = ["SAMPLERS", "SENTRY_TRACES", "ConfigError", "TelemetryConfig"]
+__all__ = [
+    "SAMPLERS",
+    "SENTRY_TRACES",
+    "ConfigError",
+    "EnvReader",
+    "TelemetryConfig",
+    "otlp_headers",
+]
 
 SAMPLERS = (
     "always_on",
@@ -226,11 +233,7 @@ class TelemetryConfig:
                 or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
                 or "http/protobuf"
             ).strip(),
-            otlp_headers=reader.pairs(
-                "OTEL_EXPORTER_OTLP_TRACES_HEADERS"
-                if "OTEL_EXPORTER_OTLP_TRACES_HEADERS" in environ
-                else "OTEL_EXPORTER_OTLP_HEADERS"
-            ),
+            otlp_headers=otlp_headers(reader),
             # OTel gives this one in milliseconds.
             otlp_timeout_s=reader.number(
                 "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"
@@ -328,6 +331,15 @@ class EnvReader:
                 continue
             result[unquote(key.strip())] = unquote(value.strip())
         return result
+
+
+def otlp_headers(reader: EnvReader) -> dict[str, str]:
+    """The OTLP headers, as OpenTelemetry's exporter reads them (the traces signal's own
+    variable first)."""
+    name = "OTEL_EXPORTER_OTLP_TRACES_HEADERS"
+    if name not in reader.environ:
+        name = "OTEL_EXPORTER_OTLP_HEADERS"
+    return reader.pairs(name)
 
 
 def _missing_propagators(configured: str) -> list[str]:

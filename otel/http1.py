@@ -12,8 +12,8 @@ and a Content-Length or chunked body itself: about 25 µs.
 - A reused connection that the server closed while it was idle fails on the next
   request before any answer arrives: that request is sent once more on a fresh
   connection. Nothing else is retried here (the caller decides).
-- https with the caller's `ssl.SSLContext`, made on the first connection (certificate
-  and host name checked).
+- https with the `ssl.SSLContext` that `make_tls` makes on the first connection
+  (certificate and host name checked).
 - Bounded: a status line or header over 64 KiB, more than 100 headers or an answer
   body over `max_body` bytes is an error, not memory.
 - Fork-safe: a forked child starts with a fresh lock and no connection (it opens its
@@ -78,7 +78,7 @@ class Origin:
         port: int,
         *,
         timeout_s: float = 30.0,
-        ssl_context: Callable[[], ssl.SSLContext] | None = None,
+        make_tls: Callable[[], ssl.SSLContext] = ssl.create_default_context,
         socket_options: Iterable[tuple[int, int, Any]] = (),
         max_body: int = 1 << 20,
     ) -> None:
@@ -88,7 +88,7 @@ class Origin:
         # Made on the first connection: loading a CA bundle costs milliseconds, and a
         # forked work horse that makes a transport may never send anything.
         self._https = scheme == "https"
-        self._tls_factory = ssl_context or ssl.create_default_context
+        self._make_tls = make_tls
         self._tls: ssl.SSLContext | None = None
         self._timeout_s = timeout_s
         self._socket_options = tuple(socket_options)
@@ -170,7 +170,7 @@ class Origin:
                 sock.setsockopt(level, option, value)
             if self._https:
                 if self._tls is None:
-                    self._tls = self._tls_factory()
+                    self._tls = self._make_tls()
                 sock = self._tls.wrap_socket(sock, server_hostname=self.host)
         except BaseException:
             sock.close()

@@ -39,7 +39,7 @@ from opentelemetry.trace import Link, SpanKind
 from opentelemetry.util.types import Attributes
 
 from otel.batch import CountingBatchSpanProcessor
-from otel.config import TelemetryConfig
+from otel.config import EnvReader, TelemetryConfig, otlp_headers
 from otel.counters import Counters
 from otel.fanout import FanoutExporter, Poster, post_with_retries
 from otel.forks import at_fork
@@ -324,7 +324,7 @@ def build_fanout(config: TelemetryConfig, counters: Counters) -> FanoutExporter 
     url, auth = sentry_otlp_target(config.sentry_dsn, client)
     # As OpenTelemetry's exporter does: headers given in the settings, else the
     # process environment's (a config built from another mapping may have none).
-    headers = dict(config.otlp_headers) or TelemetryConfig.from_env(os.environ).otlp_headers
+    headers = dict(config.otlp_headers) or otlp_headers(EnvReader(os.environ))
     collector = Poster(
         "otlp",
         config.otlp_url(),

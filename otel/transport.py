@@ -116,7 +116,7 @@ def _origin(transport: HttpTransport) -> Origin | None:
         dsn.host,
         int(dsn.port),
         timeout_s=float(getattr(transport, "TIMEOUT", 30)),
-        ssl_context=tls,
+        make_tls=tls,
         socket_options=options.get("socket_options") or (),
     )
 
