@@ -33,7 +33,8 @@ How:
   (a request in flight when the load stops is served but not counted as sent, so up
   to 8 more may arrive per round than were sent).
 
-`python -m bench.http [--quick]` prints the Markdown report; `run(quick)` returns it.
+`python -m bench.http [--quick] [--variants sentry-otel,tracegate]` prints the Markdown
+report (bare Flask always runs: it is what the ratios are of); `run(quick)` returns it.
 Quick: 2 rounds of 2 s per variant (about a minute in all); full: 5 rounds of 10 s.
 """
 
@@ -449,7 +450,12 @@ def _total(rounds: list[Round]) -> Counts:
 
 
 def _report(
-    servers: list[Server], loader: Loader, quick: bool, rounds: int, seconds: float
+    servers: list[Server],
+    loader: Loader,
+    quick: bool,
+    rounds: int,
+    seconds: float,
+    names: tuple[str, ...] = (),
 ) -> list[str]:
     bare = next(s for s in servers if s.variant.name == "bare")
     bare_rps = statistics.median(r.rps for r in bare.rounds)
@@ -517,7 +523,8 @@ def _report(
         "Each variant posts to its own local receiver (Sentry envelopes, OTLP/HTTP "
         "protobuf, Sentry's OTLP endpoint) over HTTP/1.1; received = what the receiver "
         "parsed. CPU = utime+stime of the gunicorn master and workers / requests sent.",
-        f"Command: `python -m bench.http{' --quick' if quick else ''}` on "
+        f"Command: `python -m bench.http{' --quick' if quick else ''}"
+        f"{' --variants ' + ','.join(names) if names else ''}` on "
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}, Flask {_version('flask')}, "
         f"sentry-sdk {_version('sentry-sdk')}, opentelemetry-sdk "
@@ -543,8 +550,9 @@ def _version(package: str) -> str:
 
 
 @contextlib.contextmanager
-def _servers(scratch: Path) -> Iterator[list[Server]]:
-    servers = [Server(variant, Ingest(), scratch) for variant in VARIANTS]
+def _servers(scratch: Path, names: tuple[str, ...]) -> Iterator[list[Server]]:
+    chosen = [v for v in VARIANTS if v.name == "bare" or not names or v.name in names]
+    servers = [Server(variant, Ingest(), scratch) for variant in chosen]
     try:
         for server in servers:
             server.ingest.start()
@@ -556,14 +564,15 @@ def _servers(scratch: Path) -> Iterator[list[Server]]:
             server.ingest.stop()
 
 
-def run(quick: bool) -> list[str]:
-    """Benchmark every variant; the Markdown report, progress on stderr."""
+def run(quick: bool, names: tuple[str, ...] = ()) -> list[str]:
+    """Benchmark every variant (or bare Flask and `names`); the Markdown report,
+    progress on stderr."""
     rounds, seconds, warmup = (2, 2.0, 1.0) if quick else (5, 10.0, 3.0)
     with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp:
         scratch = Path(tmp)
         loader = Loader(scratch)
         _log(f"load: {loader.description}")
-        with _servers(scratch) as servers:
+        with _servers(scratch, names) as servers:
             for server in servers:
                 try:
                     server.wait_ready()
@@ -589,14 +598,23 @@ def run(quick: bool) -> list[str]:
                         f"sent {result.load.requests:,}, received {_describe(result.received)}"
                     )
             _stop_and_collect(servers)
-        return _report(servers, loader, quick, rounds, seconds)
+        return _report(servers, loader, quick, rounds, seconds, names)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.http")
     parser.add_argument("--quick", action="store_true", help="2 rounds of 2 s per variant")
+    parser.add_argument(
+        "--variants",
+        type=lambda text: tuple(v for v in text.split(",") if v),
+        default=(),
+        help="a comma-separated subset, e.g. sentry-otel,tracegate (bare Flask always runs)",
+    )
     args = parser.parse_args()
-    print("\n".join(run(args.quick)))
+    unknown = set(args.variants) - {v.name for v in VARIANTS}
+    if unknown:
+        parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
+    print("\n".join(run(args.quick, args.variants)))
 
 
 if __name__ == "__main__":

@@ -121,6 +121,11 @@ def _child(variant: str, otlp_url: str, dsn: str, traces: dict[int, int], warmup
         core._prepare_envelope = meter.wrap("prepare_s", core._prepare_envelope)
         http: Any = BaseHttpTransport
         http._send_request = meter.wrap("send_s", http._send_request)
+        if variant != "sentry-otel":  # tracegate's transport also posts batches
+            from otel.http1 import Origin
+
+            origin: Any = Origin
+            origin.post_many = meter.wrap("send_s", origin.post_many)
     if variant == "sentry-otel":
         import sentry_sdk
         from sentry_sdk.integrations.opentelemetry import SentrySpanProcessor

@@ -19,8 +19,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import urllib3
+from sentry_sdk import worker as sentry_worker
+from sentry_sdk._queue import EmptyError
+from sentry_sdk.consts import EndpointType
 from sentry_sdk.envelope import Envelope, Item
 from sentry_sdk.transport import HttpTransport, Transport
+from sentry_sdk.utils import capture_internal_exceptions
+from sentry_sdk.worker import BackgroundWorker
 
 from otel.counters import Counters
 from otel.http1 import Origin
@@ -30,6 +35,8 @@ __all__ = ["CompactHttpTransport", "EventSink", "count_losses", "sentry_transpor
 logger = logging.getLogger(__name__)
 
 EventSink = Callable[[dict[str, Any]], None]
+# What sentry-sdk's worker.kill() queues to stop its thread.
+_TERMINATOR = getattr(sentry_worker, "_TERMINATOR", object())
 
 
 class CompactHttpTransport(HttpTransport):
@@ -47,7 +54,18 @@ class CompactHttpTransport(HttpTransport):
       `http_proxy` / `https_proxy` options or the environment's), sentry-sdk's urllib3
       pool still posts. Everything around the POST — rate limits, 413/429/5xx
       handling, client reports, lost-event records — is sentry-sdk's.
+    - Sending: sentry-sdk's worker thread takes one envelope, posts it, waits for the
+      answer and yields the GIL, so each envelope costs it several GIL hand-overs; in
+      a busy process each one waits for a request thread's switch interval, and at a
+      few hundred envelopes per second per process its queue of 100 overflows. This
+      transport's worker (`_BatchingWorker`, the same queue, flush and kill) takes
+      everything queued, up to `PIPELINE_DEPTH` envelopes, and posts them pipelined on
+      the one connection (`Origin.post_many`); each answer then goes through
+      sentry-sdk's own handling, in order. A rate limit an answer sets applies from
+      the next batch: envelopes already written are answered (and counted) by Sentry.
     """
+
+    PIPELINE_DEPTH = 16
 
     def __init__(self, options: dict[str, Any]) -> None:
         super().__init__(options)
@@ -68,6 +86,50 @@ class CompactHttpTransport(HttpTransport):
         compressor = zlib.compressobj(1, zlib.DEFLATED, 16 + window, 4)  # level 1, memLevel 4
         return "gzip", io.BytesIO(compressor.compress(raw) + compressor.flush())
 
+    def _create_worker(self, options: dict[str, Any]) -> Any:
+        return _BatchingWorker(self, options["transport_queue_size"], self.PIPELINE_DEPTH)
+
+    def capture_envelope(self, envelope: Envelope) -> None:
+        if not self._worker.submit(_Send(self, envelope)):
+            self.on_dropped_event("full_queue")
+            for item in envelope.items:
+                self.record_lost_event("queue_overflow", item=item)
+
+    def _send_batch(self, envelopes: list[Envelope]) -> None:
+        """Post `envelopes`, pipelined, through sentry-sdk's preparation and answer
+        handling (rate limits, 413/429/5xx, lost-event records)."""
+        origin: Origin | None = getattr(self, "_tracegate_origin", None)
+        if origin is None or len(envelopes) == 1:
+            for envelope in envelopes:
+                with capture_internal_exceptions():
+                    self._send_envelope(envelope)
+            return
+        prepared: list[tuple[Envelope, bytes, dict[str, str]]] = []
+        for envelope in envelopes:
+            with capture_internal_exceptions():
+                ready = self._prepare_envelope(envelope)
+                if ready is not None:
+                    kept, body, headers = ready
+                    self._update_headers(headers)
+                    prepared.append((kept, body.getvalue(), headers))
+        target = self._target(EndpointType.ENVELOPE)
+        answers = origin.post_many([(target, body, headers) for _, body, headers in prepared])
+        for (envelope, _, _), answer in zip(prepared, answers, strict=True):
+            with capture_internal_exceptions():
+                if isinstance(answer, Exception):
+                    logger.debug("tracegate: an envelope got no answer: %s", answer)
+                    self._handle_request_error(envelope=envelope, loss_reason="network")
+                else:
+                    self._handle_response(response=answer, envelope=envelope)
+
+    def _target(self, endpoint_type: Any) -> str:
+        target = self._tracegate_targets.get(endpoint_type)
+        if target is None:
+            url = urlsplit(str(self._auth.get_api_url(endpoint_type)))
+            target = url.path + (f"?{url.query}" if url.query else "")
+            self._tracegate_targets[endpoint_type] = target
+        return target
+
     def _make_pool(self) -> Any:
         pool = super()._make_pool()
         # sentry-sdk's own decision: a plain PoolManager means no proxy is in the way.
@@ -80,18 +142,84 @@ class CompactHttpTransport(HttpTransport):
         origin: Origin | None = getattr(self, "_tracegate_origin", None)
         if origin is None or method != "POST" or not isinstance(body, bytes):
             return super()._request(method, endpoint_type, body, headers)
-        target = self._tracegate_targets.get(endpoint_type)
-        if target is None:
-            url = urlsplit(str(self._auth.get_api_url(endpoint_type)))
-            target = url.path + (f"?{url.query}" if url.query else "")
-            self._tracegate_targets[endpoint_type] = target
-        return origin.post(target, body, headers)
+        return origin.post(self._target(endpoint_type), body, headers)
 
     def kill(self) -> None:
         super().kill()
         origin: Origin | None = getattr(self, "_tracegate_origin", None)
         if origin is not None:
             origin.close()
+
+
+class _Send:
+    """A queued envelope (callable too, as sentry-sdk's own queue items are)."""
+
+    __slots__ = ("envelope", "transport")
+
+    def __init__(self, transport: CompactHttpTransport, envelope: Envelope) -> None:
+        self.transport = transport
+        self.envelope = envelope
+
+    def __call__(self) -> None:
+        self.transport._send_batch([self.envelope])
+        self.transport._flush_client_reports()
+
+
+class _BatchingWorker(BackgroundWorker):
+    """sentry-sdk's background worker (its queue, thread, flush and kill), taking
+    whatever is queued at once: consecutive envelopes are posted as one batch."""
+
+    def __init__(self, transport: CompactHttpTransport, queue_size: int, depth: int) -> None:
+        super().__init__(queue_size=queue_size)
+        self._transport = transport
+        self._depth = max(1, depth)
+
+    def _target(self) -> None:
+        queue = self._queue
+        while True:
+            batch = [queue.get()]
+            while len(batch) < self._depth:
+                try:
+                    batch.append(queue.get_nowait())
+                except EmptyError:
+                    break
+            try:
+                stop = self._run(batch)
+            finally:
+                for _ in batch:
+                    queue.task_done()
+            if stop:
+                return
+
+    def _run(self, batch: list[Any]) -> bool:
+        """Run `batch` in order; True when it holds the kill request."""
+        sends: list[Envelope] = []
+        stop = False
+        for item in batch:
+            if isinstance(item, _Send):
+                sends.append(item.envelope)
+                continue
+            self._flush(sends)
+            if item is _TERMINATOR:
+                stop = True
+                break
+            try:
+                item()
+            except Exception:
+                logger.error("tracegate: a Sentry transport task failed", exc_info=True)
+        else:
+            self._flush(sends)
+        return stop
+
+    def _flush(self, sends: list[Envelope]) -> None:
+        if not sends:
+            return
+        try:
+            self._transport._send_batch(sends)
+            self._transport._flush_client_reports()
+        except Exception:
+            logger.error("tracegate: sending envelopes failed", exc_info=True)
+        sends.clear()
 
 
 def _origin(transport: HttpTransport) -> Origin | None:

@@ -318,3 +318,96 @@ def test_a_missing_ca_bundle_fails_the_send_counted_not_the_start(tmp_path: Path
         assert not [r for r in server.requests if _event_id(r)]
         assert counters.get("events_dropped", reason="network_error") == 1
         transport.kill()
+
+
+def _queue_behind_a_slow_first_answer(
+    server: RawHTTPServer, transport: CompactHttpTransport, count: int
+) -> list[str]:
+    """`count` envelopes captured while the first one waits for its answer: the
+    worker finds the rest queued together."""
+    sent = []
+    for _ in range(count):
+        envelope, event_id = _envelope()
+        transport.capture_envelope(envelope)
+        sent.append(event_id)
+    transport.flush(10)
+    return sent
+
+
+def _slow_first(script: Any = None) -> Any:
+    answered = []
+
+    def reply(request: Request) -> Answer:
+        answered.append(request)
+        if len(answered) == 1:
+            time.sleep(0.3)  # the rest queue up meanwhile
+        return script(request, len(answered)) if script else answer()
+
+    return reply
+
+
+def test_envelopes_queued_together_are_pipelined_and_each_answer_is_handled() -> None:
+    with RawHTTPServer(script=_slow_first()) as server:
+        transport, counters = _transport(f"http://public@127.0.0.1:{server.port}/42")
+        sent = _queue_behind_a_slow_first_answer(server, transport, 12)
+        requests = _events(server, 12)
+        assert _event_ids(requests) == sent
+        assert server.connections == 1
+        # The first went alone on the fresh connection; the rest were written together.
+        assert not requests[0].ahead
+        assert any(request.ahead for request in requests[1:])
+        assert counters.get("events_dropped") == 0
+        transport.kill()
+
+
+def test_what_a_server_did_not_answer_before_it_closed_is_sent_again_once() -> None:
+    # The server drops the connection after its fourth answer without saying so, with
+    # pipelined requests still unread: they go again on a fresh connection.
+    script = _slow_first(lambda request, number: answer(close_after=number == 4))
+    with RawHTTPServer(script=script) as server:
+        transport, counters = _transport(f"http://public@127.0.0.1:{server.port}/42")
+        sent = _queue_behind_a_slow_first_answer(server, transport, 10)
+        requests = _events(server, 10)
+        assert _event_ids(requests) == sent  # each once, in order
+        assert [r.connection for r in requests] == [1] * 4 + [2] * 6
+        assert any(r.ahead for r in requests[:4])
+        assert counters.get("events_dropped") == 0
+        transport.kill()
+
+
+def test_a_malformed_answer_in_a_pipelined_batch_loses_only_its_own_envelope() -> None:
+    script = _slow_first(lambda r, number: Answer(b"HELLO\r\n\r\n") if number == 3 else answer())
+    with RawHTTPServer(script=script) as server:
+        transport, counters = _transport(f"http://public@127.0.0.1:{server.port}/42")
+        sent = _queue_behind_a_slow_first_answer(server, transport, 8)
+        _events(server, 8)
+        transport.flush(10)
+        # The requests after the unreadable answer may have been read by the server
+        # before the client gave up the connection, and are sent again: Sentry keeps
+        # the first of two envelopes with one event id.
+        assert set(_event_ids([r for r in server.requests if _event_id(r)])) == set(sent)
+        assert counters.get("events_dropped", reason="network_error") == 1
+        transport.kill()
+
+
+def test_a_pipelined_batch_to_a_server_that_stops_answering_costs_one_timeout_each() -> None:
+    hang = threading.Event()
+
+    def script(request: Request, number: int) -> Answer:
+        if number >= 3:
+            hang.wait(5)
+        return answer()
+
+    with RawHTTPServer(script=_slow_first(script)) as server:
+        transport, counters = _transport(f"http://public@127.0.0.1:{server.port}/42")
+        transport._tracegate_origin._timeout_s = 0.5  # type: ignore[union-attr]
+        started = time.monotonic()
+        sent = _queue_behind_a_slow_first_answer(server, transport, 4)
+        transport.flush(10)
+        hang.set()
+        # Two answered; the third timed out; the fourth was sent again, alone, and
+        # timed out too: every envelope is delivered or counted, none waits forever.
+        assert _event_ids(_events(server, 2))[:2] == sent[:2]
+        assert counters.get("events_dropped", reason="network_error") == 2
+        assert time.monotonic() - started < 5
+        transport.kill()

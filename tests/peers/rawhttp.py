@@ -3,7 +3,8 @@
 For the client side of `otel.http1`: keep-alive, chunked answers, `Connection: close`,
 bodies that run to the end of the stream, servers that drop an idle connection, a
 forward proxy's absolute-form request target, TLS. It records every request with the
-number of the connection it came on.
+number of the connection it came on, and whether the client had already written its
+next request when this one was answered (`ahead`: it pipelines).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from tests.peers.base import LOOPBACK, PeerContext, decode_body
 
@@ -25,6 +27,7 @@ class Request:
     line: str
     headers: dict[str, str]
     body: bytes
+    ahead: bool = False  # the next request was waiting when this one was answered
 
     @property
     def target(self) -> str:
@@ -145,6 +148,7 @@ class RawHTTPServer(PeerContext):
                 body = reader.read(int(headers.get("content-length", "0")))
                 request = Request(number, line.decode("latin-1").strip(), headers, body)
                 reply = self.script(request)
+                request.ahead = _waiting(sock, reader)
                 with self._arrived:
                     self.requests.append(request)
                     self._arrived.notify_all()
@@ -155,3 +159,15 @@ class RawHTTPServer(PeerContext):
             return
         finally:
             sock.close()
+
+
+def _waiting(sock: socket.socket, reader: Any) -> bool:
+    """Whether bytes of a next request are already here, read or not (never waits)."""
+    timeout = sock.gettimeout()
+    sock.settimeout(0)
+    try:
+        return bool(reader.peek(1))
+    except (OSError, ValueError):
+        return False
+    finally:
+        sock.settimeout(timeout)
