@@ -79,6 +79,9 @@ class TelemetryConfig:
     # bridge; "otlp": sampled spans go, batched, to Sentry's OTLP endpoint (derived from
     # the DSN) and the bridge only links errors. Either way errors are linked.
     sentry_traces: str = "envelope"
+    # Envelopes the transport writes at once on its connection to Sentry before it reads
+    # their answers (HTTP/1.1 pipelining); 1: one request, one answer, then the next.
+    sentry_pipeline: int = 16
     # "uuid" or "hex": how X-Trace-ID and the Sentry `trace_id` tag spell the id.
     trace_id_format: str = "uuid"
     flush_timeout_s: float = 2.0
@@ -205,6 +208,7 @@ class TelemetryConfig:
         for name, count in (
             ("TRACEGATE_MAX_SPANS_PER_SEGMENT", self.max_spans_per_segment),
             ("TRACEGATE_MAX_OPEN_SEGMENTS", self.max_open_segments),
+            ("TRACEGATE_SENTRY_PIPELINE", self.sentry_pipeline),
         ):
             if count < 1:
                 found.append(f"{name}: must be at least 1")
@@ -255,6 +259,7 @@ class TelemetryConfig:
             sentry_spotlight=_spotlight(environ.get("SENTRY_SPOTLIGHT", "")),
             sentry_debug=reader.flag("SENTRY_DEBUG", False),
             sentry_traces=reader.choice("TRACEGATE_SENTRY_TRACES", SENTRY_TRACES, "envelope"),
+            sentry_pipeline=int(reader.number("TRACEGATE_SENTRY_PIPELINE", 16)),
             trace_id_format=environ.get("TRACEGATE_TRACE_ID_FORMAT", "uuid").strip().lower(),
             flush_timeout_s=reader.number("TRACEGATE_FLUSH_TIMEOUT_S", 2.0),
             max_spans_per_segment=int(reader.number("TRACEGATE_MAX_SPANS_PER_SEGMENT", 1000)),

@@ -59,7 +59,13 @@ from otel.counters import Counters
 from otel.forks import at_fork
 from otel.propagation import TracegatePropagator
 from otel.semconv import ORIGIN, attribute_dict, finite, json_encoder, sentry_fields, span_json
-from otel.transport import CompactHttpTransport, EventSink, count_losses, sentry_transport
+from otel.transport import (
+    CompactHttpTransport,
+    EventSink,
+    count_losses,
+    http_transport,
+    sentry_transport,
+)
 
 __all__ = [
     "CompactHttpTransport",
@@ -722,9 +728,9 @@ def init_sentry(
 
     extra: dict[str, Any] = {}
     if event_sink is not None:
-        extra["transport"] = sentry_transport(event_sink, config.sentry_dsn)
+        extra["transport"] = sentry_transport(event_sink, config.sentry_dsn, config.sentry_pipeline)
     elif config.sentry_dsn:
-        extra["transport"] = CompactHttpTransport
+        extra["transport"] = http_transport(config.sentry_pipeline)
     sentry_sdk.init(
         dsn=config.sentry_dsn or None,
         environment=config.sentry_environment,

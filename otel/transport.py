@@ -30,7 +30,13 @@ from sentry_sdk.worker import BackgroundWorker
 from otel.counters import Counters
 from otel.http1 import Origin
 
-__all__ = ["CompactHttpTransport", "EventSink", "count_losses", "sentry_transport"]
+__all__ = [
+    "CompactHttpTransport",
+    "EventSink",
+    "count_losses",
+    "http_transport",
+    "sentry_transport",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -249,7 +255,16 @@ def _origin(transport: HttpTransport) -> Origin | None:
     )
 
 
-def sentry_transport(sink: EventSink, dsn: str) -> type[Transport] | Transport:
+def http_transport(pipeline: int) -> type[CompactHttpTransport]:
+    """`CompactHttpTransport` writing up to `pipeline` envelopes at once."""
+    if pipeline == CompactHttpTransport.PIPELINE_DEPTH:
+        return CompactHttpTransport
+    return type("CompactHttpTransport", (CompactHttpTransport,), {"PIPELINE_DEPTH": pipeline})
+
+
+def sentry_transport(
+    sink: EventSink, dsn: str, pipeline: int = CompactHttpTransport.PIPELINE_DEPTH
+) -> type[Transport] | Transport:
     """The `transport=` value for `sentry_sdk.init`.
 
     sentry-sdk instantiates a transport class only when a DSN is set, so without one
@@ -260,7 +275,8 @@ def sentry_transport(sink: EventSink, dsn: str) -> type[Transport] | Transport:
     class TeeTransport(Transport):
         def __init__(self, options: dict[str, Any] | None = None) -> None:
             super().__init__(options)
-            self._http = CompactHttpTransport(options) if options and options.get("dsn") else None
+            http = http_transport(pipeline)
+            self._http = http(options) if options and options.get("dsn") else None
 
         def capture_envelope(self, envelope: Envelope) -> None:
             for item in envelope.items:

@@ -24,14 +24,16 @@ from sentry_sdk.client import get_options
 from sentry_sdk.envelope import Envelope
 
 from otel.counters import Counters
-from otel.transport import CompactHttpTransport, count_losses
+from otel.transport import CompactHttpTransport, count_losses, http_transport
 from tests.harness import tls_files
 from tests.peers.envelope import parse_envelope
 from tests.peers.rawhttp import Answer, RawHTTPServer, Request, answer
 
 
-def _transport(dsn: str, **options: Any) -> tuple[CompactHttpTransport, Counters]:
-    transport = CompactHttpTransport(get_options(dsn=dsn, **options))
+def _transport(
+    dsn: str, pipeline: int = CompactHttpTransport.PIPELINE_DEPTH, **options: Any
+) -> tuple[CompactHttpTransport, Counters]:
+    transport = http_transport(pipeline)(get_options(dsn=dsn, **options))
     counters = Counters()
     count_losses(transport, counters)
     return transport, counters
@@ -356,6 +358,19 @@ def test_envelopes_queued_together_are_pipelined_and_each_answer_is_handled() ->
         # The first went alone on the fresh connection; the rest were written together.
         assert not requests[0].ahead
         assert any(request.ahead for request in requests[1:])
+        assert counters.get("events_dropped") == 0
+        transport.kill()
+
+
+def test_with_a_pipeline_of_one_each_envelope_waits_for_the_answer_before_it() -> None:
+    # TRACEGATE_SENTRY_PIPELINE=1: for a proxy in front of Sentry that mishandles
+    # pipelined requests.
+    with RawHTTPServer(script=_slow_first()) as server:
+        transport, counters = _transport(f"http://public@127.0.0.1:{server.port}/42", 1)
+        sent = _queue_behind_a_slow_first_answer(server, transport, 6)
+        requests = _events(server, 6)
+        assert _event_ids(requests) == sent
+        assert server.connections == 1 and not any(r.ahead for r in requests)
         assert counters.get("events_dropped") == 0
         transport.kill()
 

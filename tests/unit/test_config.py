@@ -35,6 +35,7 @@ def test_every_bad_value_is_listed_in_one_error() -> None:
                 "TRACEGATE_PORT": "http",
                 "TRACEGATE_INBOUND_SAMPLED": "maybe",
                 "REDIS_URL": "localhost:6379",
+                "TRACEGATE_SENTRY_PIPELINE": "0",
             }
         )
     text = str(raised.value)
@@ -46,9 +47,10 @@ def test_every_bad_value_is_listed_in_one_error() -> None:
         "TRACEGATE_PORT",
         "TRACEGATE_INBOUND_SAMPLED",
         "REDIS_URL",
+        "TRACEGATE_SENTRY_PIPELINE",
     ):
         assert name in text
-    assert len(raised.value.problems) == 7
+    assert len(raised.value.problems) == 8
 
 
 def test_propagators_that_are_not_installed_are_refused() -> None:
