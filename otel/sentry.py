@@ -45,7 +45,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanContext, StatusCode
-from sentry_sdk.envelope import Envelope, Item, PayloadRef
+from sentry_sdk.envelope import Envelope
 from sentry_sdk.integrations import Integration
 from sentry_sdk.integrations.logging import ignore_logger
 from sentry_sdk.scope import add_global_event_processor
@@ -62,6 +62,7 @@ from otel.semconv import ORIGIN, attribute_dict, finite, json_encoder, sentry_fi
 from otel.transport import (
     CompactHttpTransport,
     EventSink,
+    ReadyItem,
     count_losses,
     http_transport,
     sentry_transport,
@@ -580,8 +581,7 @@ class _EnvelopeBuilder:
         headers: dict[str, Any] = {"event_id": event_id, "sent_at": _now_iso(), "trace": dsc}
         envelope = Envelope(headers=headers)
         # `json` (with the spans as text) is what sentry-sdk reads to count a lost item.
-        ref = PayloadRef(bytes=body.encode(), json={**event, "spans": spans})
-        envelope.add_item(Item(payload=ref, type="transaction"))
+        envelope.add_item(ReadyItem(body.encode(), {**event, "spans": spans}, "transaction"))
         for attachment in hint.get("attachments") or ():
             envelope.add_item(attachment.to_envelope_item())
         return envelope
@@ -657,8 +657,18 @@ def _unannotate(value: Any) -> tuple[Any, dict[str, Any] | None]:
     return value, None
 
 
+_second: list[Any] = [None, ""]
+
+
 def _now_iso() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat()
+    """sentry-sdk's `sent_at` spelling (ISO 8601, microseconds, +00:00); the part up to
+    the second is made once a second."""
+    now = time.time()
+    second = int(now)
+    if second != _second[0]:
+        stamp = datetime.datetime.fromtimestamp(second, datetime.timezone.utc)
+        _second[:] = [second, stamp.strftime("%Y-%m-%dT%H:%M:%S")]
+    return f"{_second[1]}.{int((now - second) * 1e6):06d}+00:00"
 
 
 class TracegateIntegration(Integration):

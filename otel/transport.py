@@ -22,17 +22,19 @@ import urllib3
 from sentry_sdk import worker as sentry_worker
 from sentry_sdk._queue import EmptyError
 from sentry_sdk.consts import EndpointType
-from sentry_sdk.envelope import Envelope, Item
+from sentry_sdk.envelope import Envelope, Item, PayloadRef
 from sentry_sdk.transport import HttpTransport, Transport
 from sentry_sdk.utils import capture_internal_exceptions
 from sentry_sdk.worker import BackgroundWorker
 
 from otel.counters import Counters
 from otel.http1 import Origin
+from otel.semconv import json_encoder
 
 __all__ = [
     "CompactHttpTransport",
     "EventSink",
+    "ReadyItem",
     "count_losses",
     "http_transport",
     "sentry_transport",
@@ -41,8 +43,37 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 EventSink = Callable[[dict[str, Any]], None]
+_encode = json_encoder(check_circular=False)
 # What sentry-sdk's worker.kill() queues to stop its thread.
 _TERMINATOR = getattr(sentry_worker, "_TERMINATOR", object())
+
+
+class ReadyItem(Item):
+    """An envelope item whose wire form is made once, with its JSON payload text.
+
+    `json` is the payload as sentry-sdk reads it to count a lost item; `body` is its
+    JSON text. The item's header line (type, content type, length) and the body are
+    encoded here, so serialising the envelope only joins bytes.
+    """
+
+    def __init__(self, body: bytes, json: dict[str, Any], type: str) -> None:
+        super().__init__(payload=PayloadRef(bytes=body, json=json), type=type)
+        headers = {**self.headers, "length": len(body)}
+        self.wire = _encode(headers).encode() + b"\n" + body + b"\n"
+
+    def serialize_into(self, f: Any) -> None:
+        f.write(self.wire)
+
+
+def envelope_bytes(envelope: Envelope) -> bytes:
+    """`envelope.serialize()`, joining the wire form of `ReadyItem`s as it is."""
+    try:
+        parts = [_encode(envelope.headers).encode(), b"\n"]
+    except (TypeError, ValueError):  # a header only sentry-sdk's encoder takes
+        return envelope.serialize()
+    for item in envelope.items:
+        parts.append(item.wire if isinstance(item, ReadyItem) else item.serialize())
+    return b"".join(parts)
 
 
 class CompactHttpTransport(HttpTransport):
@@ -87,7 +118,7 @@ class CompactHttpTransport(HttpTransport):
         if not self._tracegate_gzip:
             result: tuple[str | None, io.BytesIO] = super()._serialize_envelope(envelope)
             return result
-        raw = envelope.serialize()
+        raw = envelope_bytes(envelope)
         window = max(9, min(15, (len(raw) - 1).bit_length()))
         compressor = zlib.compressobj(1, zlib.DEFLATED, 16 + window, 4)  # level 1, memLevel 4
         return "gzip", io.BytesIO(compressor.compress(raw) + compressor.flush())
