@@ -34,8 +34,9 @@ transport queue holds 100 envelopes, and a producer that outruns it loses
 transactions, which is not speed. Split out of that total, from CPU clocks of the
 threads doing it: what the calling thread spent (`inline`, what a request pays), what
 sentry-sdk's transport spent turning envelopes into request bodies (JSON framing and
-gzip, `_prepare_envelope`) and what it spent in HTTP requests (`_send_request`; for
-tracegate-otlp, the Sentry exporter's POSTs). The rest of the transport's share is its
+gzip, `_prepare_envelope`) and what it spent in HTTP requests (`_send_request`, and
+for tracegate the pipelined batches, `Origin.post_many`; for tracegate-otlp, the
+Sentry exporter's POSTs). The rest of the transport's share is its
 queue hand-off and per-envelope logging. Figures above `sdk` are differences of
 medians over the rounds, which run the variants interleaved (A B C A B C).
 
