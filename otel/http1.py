@@ -25,14 +25,19 @@ and a Content-Length or chunked body itself: about 25 µs.
   goes alone. Requests the server did not answer (it closed after an earlier answer,
   or the connection broke) are sent again on a fresh connection, once: callers post
   only what is safe to repeat (Sentry drops a second envelope with the same event id).
+  A server (or a proxy in front of it) that drops a pipelined connection without
+  saying `Connection: close`, or answers one unreadably, gets one request at a time
+  for the next five minutes: some close on pipelined requests and expect them again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -40,8 +45,11 @@ from otel.forks import at_fork
 
 __all__ = ["Answer", "Origin", "ProtocolError"]
 
+logger = logging.getLogger(__name__)
+
 _LINE = 65536
 _MAX_HEADERS = 100
+_NO_PIPELINING_S = 300.0  # after a pipelined connection broke
 # A forked child's copies of its parent's connections (see `Origin._renew`).
 _INHERITED: list[tuple[Any, Any]] = []
 
@@ -108,6 +116,7 @@ class Origin:
         self._file: Any = None
         # The live connection's server answered in HTTP/1.1 and kept it open.
         self._pipelining = False
+        self._pipeline_after = 0.0  # monotonic time before which nothing is pipelined
         self._closed = False  # `close` was called: no new connection
         at_fork(self, after_in_child="_renew")
 
@@ -143,7 +152,11 @@ class Origin:
         pending = list(range(len(wire)))
         with self._lock:
             while pending:
-                if not self._pipelining or len(pending) == 1:
+                if (
+                    not self._pipelining
+                    or len(pending) == 1
+                    or time.monotonic() < self._pipeline_after
+                ):
                     index = pending.pop(0)
                     sent[index] += 1
                     try:
@@ -161,6 +174,17 @@ class Origin:
                     else:
                         results[index] = ConnectionError("the connection ended before an answer")
         return [r if r is not None else ConnectionError("no answer") for r in results]
+
+    def _stop_pipelining(self, what: str) -> None:
+        if time.monotonic() >= self._pipeline_after:
+            logger.warning(
+                "tracegate: %s:%s %s during pipelined requests; sending one at a time for %.0f s",
+                self.host,
+                self.port,
+                what,
+                _NO_PIPELINING_S,
+            )
+        self._pipeline_after = time.monotonic() + _NO_PIPELINING_S
 
     def _request(self, target: str, body: bytes, headers: Mapping[str, str]) -> bytes:
         lines = [f"POST {target} HTTP/1.1", f"Host: {self._host_header}"]
@@ -201,10 +225,12 @@ class Origin:
                 answer, keep = self._read_answer(line)
             except (_Stale, ConnectionError, ssl.SSLEOFError):
                 self._drop()  # closed before this answer: it and the rest go again
+                self._stop_pipelining("closed the connection")
                 return indexes[position:]
             except Exception as error:
                 results[index] = error  # this answer is unreadable; the rest go again
                 self._drop()
+                self._stop_pipelining(f"answered in a way not read ({error})")
                 return indexes[position + 1 :]
             results[index] = answer
             if not keep:

@@ -390,6 +390,26 @@ def test_what_a_server_did_not_answer_before_it_closed_is_sent_again_once() -> N
         transport.kill()
 
 
+def test_a_server_that_drops_pipelined_connections_gets_one_request_at_a_time() -> None:
+    # As some proxies do: each connection's second answer is its last, and whatever
+    # else came on it is expected again. Pipelining stops, nothing is lost.
+    seen: dict[int, int] = {}
+
+    def second_is_last(request: Request, number: int) -> Answer:
+        seen[request.connection] = seen.get(request.connection, 0) + 1
+        return answer(close_after=seen[request.connection] == 2)
+
+    with RawHTTPServer(script=_slow_first(second_is_last)) as server:
+        transport, counters = _transport(f"http://public@127.0.0.1:{server.port}/42")
+        sent = _queue_behind_a_slow_first_answer(server, transport, 10)
+        requests = _events(server, 10)
+        assert _event_ids(requests) == sent
+        assert requests[0].connection == requests[1].connection == 1 and requests[1].ahead
+        assert not any(r.ahead for r in requests[2:])  # one at a time from then on
+        assert counters.get("events_dropped") == 0
+        transport.kill()
+
+
 def test_a_malformed_answer_in_a_pipelined_batch_loses_only_its_own_envelope() -> None:
     script = _slow_first(lambda r, number: Answer(b"HELLO\r\n\r\n") if number == 3 else answer())
     with RawHTTPServer(script=script) as server:
