@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.load import python_load
+from bench.receivers import keep_alive
 
 if TYPE_CHECKING:
     from tests.peers.otlp import OTLPReceiver
@@ -139,6 +140,7 @@ def run(quick: bool) -> list[str]:
     rates: dict[int, list[float]] = {n: [] for n in worker_counts}
     gateways: dict[int, list[dict[str, float]]] = {1: [], 2: []}
     with RedisServer() as server, OTLPReceiver() as otlp:
+        keep_alive(otlp)
         for repeat in range(repeats):  # interleaved: 1 2 4 1 2 4 ...
             for count in worker_counts:
                 _log(f"round {repeat + 1}: {count} worker(s), {jobs} jobs")

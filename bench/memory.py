@@ -105,10 +105,13 @@ def _backends(scenario: str) -> Iterator[tuple[dict[str, str], Any, Any]]:
     """The environment pointing the gateway at the scenario's backends, and the
     receivers (None unless healthy)."""
     if scenario == "healthy":
+        from bench.receivers import keep_alive
         from tests.peers.envelope import EnvelopeReceiver
         from tests.peers.otlp import OTLPReceiver
 
         with OTLPReceiver() as otlp, EnvelopeReceiver() as sentry:
+            keep_alive(otlp)
+            keep_alive(sentry)
             live = {"SENTRY_DSN": sentry.dsn, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint}
             yield live, otlp, sentry
         return

@@ -32,7 +32,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from tests.peers.base import LOOPBACK, LoopbackHTTPServer, PeerContext, decode_body
 from tests.peers.envelope import parse_envelope
 
-__all__ = ["Counts", "Ingest"]
+__all__ = ["Counts", "Ingest", "keep_alive"]
 
 _ENVELOPE = re.compile(r"^/api/(?P<project>[^/]+)/envelope/?$")
 _SENTRY_OTLP = re.compile(r"^/api/(?P<project>[^/]+)/integration/otlp/v1/traces/?$")
@@ -188,3 +188,12 @@ class Ingest(PeerContext):
         with self._lock:
             for name, amount in amounts.items():
                 self._counts[name] += amount
+
+
+def keep_alive(peer: Any) -> None:
+    """Make a test peer (`tests.peers`) answer in HTTP/1.1 and keep its connections,
+    with TCP_NODELAY, as Sentry and collectors do: the peers' HTTP/1.0 would add a
+    TCP connect to every envelope and export."""
+    handler = peer._http._server.RequestHandlerClass  # made for this server alone
+    handler.protocol_version = "HTTP/1.1"
+    handler.disable_nagle_algorithm = True

@@ -26,6 +26,7 @@ import redis
 from rq import Queue
 from rq.job import Job
 
+from bench.receivers import keep_alive
 from otel.rq import TracedQueue
 from tests.peers.base import free_port
 from tests.peers.envelope import EnvelopeReceiver
@@ -72,6 +73,8 @@ def run(jobs: int) -> None:
     base_env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT)}
     dead = f"http://127.0.0.1:{free_port()}"
     with RedisServer() as server, OTLPReceiver() as otlp, EnvelopeReceiver() as sentry:
+        keep_alive(otlp)
+        keep_alive(sentry)
         live_env = {
             **base_env,
             "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint,

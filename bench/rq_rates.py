@@ -329,6 +329,7 @@ def _versions() -> str:
 def run(quick: bool, jobs: int | None = None) -> list[str]:
     """Measure every variant, interleaved over rounds; Markdown lines of the results.
     `jobs` overrides the mode's number of jobs per run."""
+    from bench.receivers import keep_alive
     from tests.peers.envelope import EnvelopeReceiver
     from tests.peers.otlp import OTLPReceiver
     from tests.peers.redis import RedisServer
@@ -338,6 +339,8 @@ def run(quick: bool, jobs: int | None = None) -> list[str]:
     runs: list[_Run] = []
     began = time.monotonic()
     with RedisServer() as server, OTLPReceiver() as otlp, EnvelopeReceiver() as sentry:
+        keep_alive(otlp)  # as collectors and Sentry do: no TCP connect per export
+        keep_alive(sentry)
         peers = _Peers(server.url, otlp, sentry)
         for round_no in range(1, rounds + 1):
             for worker in WORKER_CLASSES:

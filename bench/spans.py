@@ -288,12 +288,6 @@ def _sentry_receiver() -> Any:
     return SentryReceiver()
 
 
-def _keep_alive(peer: Any) -> None:
-    handler = peer._http._server.RequestHandlerClass  # made for this server alone
-    handler.protocol_version = "HTTP/1.1"
-    handler.disable_nagle_algorithm = True
-
-
 def _run_child(
     variant: str, otlp_url: str, dsn: str, traces: dict[int, int], warmup: int
 ) -> dict[str, Any]:
@@ -342,6 +336,7 @@ Samples = dict[str, dict[int, list[dict[str, float]]]]
 
 
 def run(quick: bool, variants: tuple[str, ...] = VARIANTS) -> list[str]:
+    from bench.receivers import keep_alive
     from tests.peers.otlp import OTLPReceiver
 
     rounds = 1 if quick else 5
@@ -351,8 +346,8 @@ def run(quick: bool, variants: tuple[str, ...] = VARIANTS) -> list[str]:
     _pin_cpu(child=False)
     arrived: dict[str, dict[str, int]] = {}
     with OTLPReceiver() as otlp, _sentry_receiver() as sentry:
-        _keep_alive(otlp)
-        _keep_alive(sentry)
+        keep_alive(otlp)
+        keep_alive(sentry)
         for round_index in range(rounds):
             for variant in variants:
                 print(f"bench.spans: round {round_index + 1}/{rounds} {variant}", file=sys.stderr)
