@@ -146,10 +146,17 @@ class Origin:
         each one's answer, or the error that kept it from one, in the same order.
 
         Every request is written at most twice (see the module docstring)."""
-        wire = [self._request(target, body, headers) for target, body, headers in requests]
-        results: list[Answer | Exception | None] = [None] * len(wire)
+        wire: list[bytes] = []
+        results: list[Answer | Exception | None] = []
+        for target, body, headers in requests:
+            try:
+                wire.append(self._request(target, body, headers))
+                results.append(None)
+            except ValueError as error:  # a header with a line break: never sent
+                wire.append(b"")
+                results.append(error)
         sent = [0] * len(wire)
-        pending = list(range(len(wire)))
+        pending = [index for index, result in enumerate(results) if result is None]
         with self._lock:
             while pending:
                 if (

@@ -150,7 +150,11 @@ class CompactHttpTransport(HttpTransport):
                     self._update_headers(headers)
                     prepared.append((kept, body.getvalue(), headers))
         target = self._target(EndpointType.ENVELOPE)
-        answers = origin.post_many([(target, body, headers) for _, body, headers in prepared])
+        try:
+            answers = origin.post_many([(target, body, headers) for _, body, headers in prepared])
+        except Exception as error:  # every envelope of the batch is then counted as lost
+            logger.warning("tracegate: posting envelopes failed: %s", error)
+            answers = [error] * len(prepared)
         for (envelope, _, _), answer in zip(prepared, answers, strict=True):
             with capture_internal_exceptions():
                 if isinstance(answer, Exception):

@@ -24,6 +24,7 @@ from sentry_sdk.client import get_options
 from sentry_sdk.envelope import Envelope
 
 from otel.counters import Counters
+from otel.http1 import Origin
 from otel.transport import CompactHttpTransport, count_losses, http_transport
 from tests.harness import tls_files
 from tests.peers.envelope import parse_envelope
@@ -446,3 +447,41 @@ def test_a_pipelined_batch_to_a_server_that_stops_answering_costs_one_timeout_ea
         assert counters.get("events_dropped", reason="network_error") == 2
         assert time.monotonic() - started < 5
         transport.kill()
+
+
+def test_a_request_that_cannot_be_written_fails_alone_in_a_pipelined_batch(
+    server: RawHTTPServer,
+) -> None:
+    origin = Origin("http", "127.0.0.1", server.port)
+    origin.post("/warm", b"0", {})  # an answered HTTP/1.1 connection: the batch pipelines
+    results = origin.post_many(
+        [("/a", b"1", {}), ("/b", b"2", {"X-Bad": "line\r\nbreak"}), ("/c", b"3", {})]
+    )
+    assert isinstance(results[1], ValueError)
+    assert [getattr(r, "status", None) for r in (results[0], results[2])] == [200, 200]
+    arrived = server.wait_for(3)
+    assert [r.target for r in arrived] == ["/warm", "/a", "/c"] and arrived[1].ahead
+    origin.close()
+
+
+def test_a_batch_the_client_could_not_post_is_counted_lost_not_dropped_silently(
+    server: RawHTTPServer,
+) -> None:
+    transport, counters = _transport(f"http://public@127.0.0.1:{server.port}/42")
+    _send(transport, 1)  # the connection is up
+    origin = transport._tracegate_origin
+    assert origin is not None
+
+    def broken(requests: Any) -> list[Any]:
+        raise RuntimeError("a fault inside the client")
+
+    origin.post_many = broken  # type: ignore[method-assign]
+    gate = threading.Event()
+    transport._worker.submit(lambda: gate.wait(5))  # holds the worker: the five queue up
+    for _ in range(5):
+        transport.capture_envelope(_envelope()[0])
+    gate.set()
+    transport.flush(10)
+    assert counters.get("events_dropped", reason="network_error") == 5
+    assert len(_events(server, 1)) == 1  # only the one sent before
+    transport.kill()
