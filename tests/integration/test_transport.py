@@ -476,8 +476,14 @@ def test_a_batch_the_client_could_not_post_is_counted_lost_not_dropped_silently(
         raise RuntimeError("a fault inside the client")
 
     origin.post_many = broken  # type: ignore[method-assign]
-    gate = threading.Event()
-    transport._worker.submit(lambda: gate.wait(5))  # holds the worker: the five queue up
+    holding, gate = threading.Event(), threading.Event()
+
+    def hold() -> None:  # the worker waits here while the five queue up behind it
+        holding.set()
+        gate.wait(5)
+
+    transport._worker.submit(hold)
+    assert holding.wait(5)
     for _ in range(5):
         transport.capture_envelope(_envelope()[0])
     gate.set()
