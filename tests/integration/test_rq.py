@@ -489,7 +489,10 @@ def test_warm_shutdown_flushes_what_the_worker_still_holds(
             kill_session(process.pid)
             process.wait()
     assert process.returncode == 0, output
-    (consumer,) = consumer_spans(otlp_receiver, job.id)
+    try:
+        (consumer,) = consumer_spans(otlp_receiver, job.id)
+    except AssertionError as missing:  # what the worker said about its flush, too
+        raise AssertionError(f"{missing}\nworker output:\n{output[-4000:]}") from None
     assert consumer.trace_id_hex == trace_id
 
 
