@@ -397,9 +397,11 @@ class _TracedWorkerMixin:
         try:
             return super().execute_job(job, queue)  # type: ignore[misc]
         finally:
-            self._horse_span = None
-            # A SimpleWorker runs the job here: there is nothing to take over.
+            # First: rq raises StopRequested wherever an idle worker is, and teardown
+            # takes over only what is due. A SimpleWorker runs the job here: there is
+            # nothing to take over.
             self._handoff_due = not isinstance(self, SimpleWorker)
+            self._horse_span = None
 
     def _start_horse_span(self, job: Job, queue: Queue) -> trace.Span | None:
         """The consumer span a forked work horse will run the job in, started here.
@@ -474,8 +476,8 @@ class _TracedWorkerMixin:
         now = time.monotonic()
         if not force and now - self._took_over_at < _TAKE_OVER_EVERY_S:
             return
-        self._handoff_due, self._took_over_at = False, now
-        with self._signals_held():
+        with self._signals_held():  # a stop between the two would skip the take-over
+            self._handoff_due, self._took_over_at = False, now
             self._take_over_spans()
 
     def _count_attempt(self, job: Job) -> None:
