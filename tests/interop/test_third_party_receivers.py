@@ -61,16 +61,19 @@ def test_unsampled_inbound_reaches_neither_as_trace_but_errors_link(
     make_gateway: GatewayFactory, spotlight: SpotlightSidecar, oteltap: OtelTap
 ) -> None:
     gateway = make_gateway()
-    other = "6" * 32
-    gateway.client.get("/example/error", headers={"traceparent": f"00-{TRACE}-{PARENT}-00"})
+    # A trace id no other test sends: oteltap is shared by the session, and a span of
+    # TRACE (sampled by the test before) was once found here after the clear.
+    unsampled, other = "7" * 32, "6" * 32
+    gateway.client.get("/example/error", headers={"traceparent": f"00-{unsampled}-{PARENT}-00"})
     gateway.client.get("/example", headers={"traceparent": f"00-{other}-{PARENT}-01"})
     gateway.flush()
-    error = spotlight.wait_for(lambda e: "exception" in e, item_type="event")
-    assert _trace_id(error) == TRACE
+    # The error is linked to the unsampled trace (waited for by its trace id: a late
+    # event of the test before must not be taken for it).
+    spotlight.wait_for(lambda e: "exception" in e and _trace_id(e) == unsampled, item_type="event")
     spotlight.wait_for(lambda t: _trace_id(t) == other, item_type="transaction")
     oteltap.wait_for_span(lambda s: s.trace_id_hex == other)
-    assert not [t for t in spotlight.transactions() if _trace_id(t) == TRACE]
-    assert not [s for s in oteltap.spans if s.trace_id_hex == TRACE]
+    assert not [t for t in spotlight.transactions() if _trace_id(t) == unsampled]
+    assert not [s for s in oteltap.spans if s.trace_id_hex == unsampled]
 
 
 @pytest.mark.parametrize(
