@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import ssl
@@ -127,7 +128,7 @@ class CompactHttpTransport(HttpTransport):
         return _BatchingWorker(self, options["transport_queue_size"], self.PIPELINE_DEPTH)
 
     def capture_envelope(self, envelope: Envelope) -> None:
-        if not self._worker.submit(_Send(self, envelope)):
+        if not self._worker.submit(_Send(envelope)):
             self.on_dropped_event("full_queue")
             for item in envelope.items:
                 self.record_lost_event("queue_overflow", item=item)
@@ -193,17 +194,13 @@ class CompactHttpTransport(HttpTransport):
 
 
 class _Send:
-    """A queued envelope (callable too, as sentry-sdk's own queue items are)."""
+    """A queued envelope; what else `_BatchingWorker` finds queued is sentry-sdk's
+    (its client-report flush, its kill request)."""
 
-    __slots__ = ("envelope", "transport")
+    __slots__ = ("envelope",)
 
-    def __init__(self, transport: CompactHttpTransport, envelope: Envelope) -> None:
-        self.transport = transport
+    def __init__(self, envelope: Envelope) -> None:
         self.envelope = envelope
-
-    def __call__(self) -> None:
-        self.transport._send_batch([self.envelope])
-        self.transport._flush_client_reports()
 
 
 class _BatchingWorker(BackgroundWorker):
@@ -240,7 +237,7 @@ class _BatchingWorker(BackgroundWorker):
             if isinstance(item, _Send):
                 sends.append(item.envelope)
                 continue
-            self._flush(sends)
+            self._send(sends)
             if item is _TERMINATOR:
                 stop = True
                 break
@@ -249,10 +246,10 @@ class _BatchingWorker(BackgroundWorker):
             except Exception:
                 logger.error("tracegate: a Sentry transport task failed", exc_info=True)
         else:
-            self._flush(sends)
+            self._send(sends)
         return stop
 
-    def _flush(self, sends: list[Envelope]) -> None:
+    def _send(self, sends: list[Envelope]) -> None:
         if not sends:
             return
         try:
@@ -290,8 +287,10 @@ def _origin(transport: HttpTransport) -> Origin | None:
     )
 
 
+@functools.cache
 def http_transport(pipeline: int) -> type[CompactHttpTransport]:
-    """`CompactHttpTransport` writing up to `pipeline` envelopes at once."""
+    """`CompactHttpTransport` writing up to `pipeline` envelopes at once (one class per
+    depth: sentry-sdk makes a transport from it again in every work horse)."""
     if pipeline == CompactHttpTransport.PIPELINE_DEPTH:
         return CompactHttpTransport
     return type("CompactHttpTransport", (CompactHttpTransport,), {"PIPELINE_DEPTH": pipeline})
@@ -307,10 +306,11 @@ def sentry_transport(
     thread and no connection of its own).
     """
 
+    http = http_transport(pipeline)
+
     class TeeTransport(Transport):
         def __init__(self, options: dict[str, Any] | None = None) -> None:
             super().__init__(options)
-            http = http_transport(pipeline)
             self._http = http(options) if options and options.get("dsn") else None
 
         def capture_envelope(self, envelope: Envelope) -> None:
