@@ -68,6 +68,7 @@ def register_errors(app: flask.Flask) -> None:
     def unexpected(error: Exception) -> flask.Response:
         span = trace.get_current_span()
         span.record_exception(error)
+        span.set_attribute("error.type", type(error).__qualname__)
         span.set_status(Status(StatusCode.ERROR, type(error).__name__))
         sentry_sdk.capture_exception(error)
         logger.error("unhandled %s: %s", type(error).__name__, error)

@@ -58,6 +58,7 @@ def instrument_flask(app: flask.Flask, telemetry: Telemetry | None = None) -> fl
         cors_origins=config.cors_origins,
         excluded_urls=config.excluded_urls,
         inbound_sampled_from=config.inbound_sampled_from,
+        old_http_names=config.http_old_names,
     )
 
 

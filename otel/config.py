@@ -102,6 +102,9 @@ class TelemetryConfig:
     rq_export: str = "handoff"
     # Comma-separated regexes of URLs that get no server span (OpenTelemetry's syntax).
     excluded_urls: str = ""
+    # OTEL_SEMCONV_STABILITY_OPT_IN holds "http/dup": server spans carry the old HTTP
+    # attribute names beside the stable ones.
+    http_old_names: bool = False
 
     @property
     def sentry_enabled(self) -> bool:
@@ -274,6 +277,10 @@ class TelemetryConfig:
             excluded_urls=environ.get(
                 "OTEL_PYTHON_FLASK_EXCLUDED_URLS", environ.get("OTEL_PYTHON_EXCLUDED_URLS", "")
             ).strip(),
+            http_old_names="http/dup"
+            in [
+                part.strip() for part in environ.get("OTEL_SEMCONV_STABILITY_OPT_IN", "").split(",")
+            ],
         )
         problems = reader.problems + config.problems()
         if problems:

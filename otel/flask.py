@@ -1,7 +1,8 @@
 """Instrument a Flask app: server spans, trace response headers and CORS lists.
 
-OpenTelemetry's Flask instrumentation makes the server span (continuing the inbound
-trace through the global propagator, so tracegate's precedence applies). On top:
+tracegate's own WSGI layer (`otel.server.ServerSpans`) makes the server span,
+continuing the inbound trace through the global propagator (so tracegate's
+precedence applies), in the stable HTTP semantic conventions. On top:
 
 - `traceresponse` and `X-Trace-ID` on every response of a traced request
   (`X-Trace-ID` in UUID spelling, or hex with `trace_id_format="hex"`);
@@ -16,23 +17,21 @@ State lives in `app.extensions["tracegate"]`; nothing is kept in module globals.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
-from typing import Any
+from ipaddress import IPv4Network, IPv6Network, ip_network
 
 import flask
 from opentelemetry import trace
-from opentelemetry.instrumentation.flask import FlaskInstrumentor
 
 from otel import ids
-from otel.provider import trust_inbound, untrust_reset
-from otel.sentry import open_unit, pin, unpin
+from otel.server import SPAN_KEY, ServerSpans, fail_span, mark_failed, name_route
 
 __all__ = ["ALLOW_HEADERS", "EXPOSE_HEADERS", "FlaskTracing", "instrument_flask"]
 
 EXPOSE_HEADERS = ("traceresponse", "X-Trace-ID")
 ALLOW_HEADERS = ("traceparent", "tracestate", "baggage", "sentry-trace", "X-Trace-ID")
+TRACER_NAME = "otel.flask"
 
 
 @dataclass(frozen=True)
@@ -54,69 +53,52 @@ def instrument_flask(
     cors_origins: Iterable[str] = (),
     excluded_urls: str = "",
     inbound_sampled_from: Iterable[str] = (),
+    old_http_names: bool = False,
 ) -> flask.Flask:
     """Instrument `app` once; a second call is a no-op.
 
     With `inbound_sampled_from` (CIDR networks), an inbound sampled flag is obeyed
     only from a peer address in one of them; other callers' traces are continued
-    but sampled by the configured sampler.
+    but sampled by the configured sampler. `old_http_names` adds the pre-1.21 HTTP
+    attribute names beside the stable ones (`OTEL_SEMCONV_STABILITY_OPT_IN=http/dup`).
     """
     if "tracegate" in app.extensions:
         return app
     networks = tuple(ip_network(n, strict=False) for n in inbound_sampled_from)
     state = FlaskTracing(trace_id_format, tuple(cors_origins), excluded_urls, networks)
     app.extensions["tracegate"] = state
-    FlaskInstrumentor.instrument_app(
-        app,
-        tracer_provider=tracer_provider,
+    provider = tracer_provider or trace.get_tracer_provider()
+    app.wsgi_app = ServerSpans(  # type: ignore[method-assign]
+        app.wsgi_app,
+        provider.get_tracer(TRACER_NAME),
         excluded_urls=excluded_urls,
-        request_hook=_pin_request,
-        enable_commenter=False,
+        sampled_from=networks,
+        old_names=old_http_names,
     )
-    app.wsgi_app = _Unpinning(app.wsgi_app, networks)  # type: ignore[method-assign]
+    # First of the app's hooks, so later ones see the span under its route's name.
+    app.before_request_funcs.setdefault(None, []).insert(0, _name_route)
+    app.teardown_request(_record_failure)
     app.after_request(lambda response: _add_headers(state, response))
     return app
 
 
-def _pin_request(span: trace.Span, environ: dict[str, Any]) -> None:
-    # Runs between span start and activation: the current span is still the inbound
-    # parent, which an unsampled (non-recording) server span cannot tell us later.
-    parent = trace.get_current_span().get_span_context()
-    pin(span.get_span_context(), parent.span_id if parent.is_valid else None)
+def _name_route(request: flask.Request | None = None) -> None:
+    request = flask.request
+    span = request.environ.get(SPAN_KEY)
+    rule = request.url_rule
+    if span is not None and rule is not None:
+        name_route(span, request.method, rule.rule)
 
 
-class _Unpinning:
-    """Outermost WSGI layer: whatever a request pinned is gone when it returns; and,
-    before the server span is sampled, whether its caller may decide sampling."""
-
-    def __init__(
-        self,
-        wsgi_app: Callable[..., Any],
-        sampled_from: tuple[IPv4Network | IPv6Network, ...] = (),
-    ) -> None:
-        self.wsgi_app = wsgi_app
-        self.sampled_from = sampled_from
-
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        token = open_unit()
-        trust = trust_inbound(_trusted(environ, self.sampled_from)) if self.sampled_from else None
-        try:
-            return self.wsgi_app(environ, start_response)
-        finally:
-            if trust is not None:
-                untrust_reset(trust)
-            unpin(token)
-
-
-def _trusted(environ: dict[str, Any], networks: tuple[IPv4Network | IPv6Network, ...]) -> bool:
-    # The peer itself, never X-Forwarded-For: a header is what an untrusted caller sets.
-    try:
-        address = ip_address(str(environ.get("REMOTE_ADDR", "")).split("%")[0])
-    except ValueError:
-        return False
-    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in network for network in networks)
+def _record_failure(exc: BaseException | None) -> None:
+    # An exception Flask turned into a 500: the span records it, once.
+    if exc is None:
+        return
+    environ = flask.request.environ
+    span = environ.get(SPAN_KEY)
+    if span is not None:
+        fail_span(span, exc)
+        mark_failed(environ, exc)
 
 
 def _add_headers(state: FlaskTracing, response: flask.Response) -> flask.Response:
