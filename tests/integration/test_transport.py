@@ -491,3 +491,33 @@ def test_a_batch_the_client_could_not_post_is_counted_lost_not_dropped_silently(
     assert counters.get("events_dropped", reason="network_error") == 5
     assert len(_events(server, 1)) == 1  # only the one sent before
     transport.kill()
+
+
+def test_envelopes_captured_a_moment_apart_share_a_batch() -> None:
+    # Under load envelopes arrive one by one: each would wake the worker for a request
+    # of its own. A lone one lingers for those right behind it.
+    with RawHTTPServer() as server:
+        transport, counters = _transport(f"http://public@127.0.0.1:{server.port}/42")
+        _send(transport, 1)  # the fresh connection's first request goes alone
+        sent = []
+        for _ in range(8):
+            envelope, event_id = _envelope()
+            transport.capture_envelope(envelope)
+            sent.append(event_id)
+            time.sleep(0.0002)
+        transport.flush(10)
+        requests = _events(server, 9)[1:]
+        assert _event_ids(requests) == sent
+        assert server.connections == 1
+        assert any(request.ahead for request in requests)
+        assert counters.get("events_dropped") == 0
+        transport.kill()
+
+
+def test_a_flush_does_not_wait_out_the_linger() -> None:
+    lingering = type("Lingering", (http_transport(16),), {"LINGER_S": 120.0})
+    with RawHTTPServer() as server:
+        transport = lingering(get_options(dsn=f"http://public@127.0.0.1:{server.port}/42"))
+        sent = _send(transport, 3)  # each one flushed
+        assert _event_ids(_events(server, 3)) == sent
+        transport.kill()
