@@ -25,6 +25,7 @@ import flask
 from opentelemetry import trace
 
 from otel import ids
+from otel.sentry_request import direct_calls
 from otel.server import SPAN_KEY, ServerSpans, fail_span, mark_failed, name_route
 
 __all__ = ["ALLOW_HEADERS", "EXPOSE_HEADERS", "FlaskTracing", "instrument_flask"]
@@ -68,6 +69,7 @@ def instrument_flask(
     state = FlaskTracing(trace_id_format, tuple(cors_origins), excluded_urls, networks)
     app.extensions["tracegate"] = state
     provider = tracer_provider or trace.get_tracer_provider()
+    direct_calls(app)  # the request's Sentry scope is made by `ServerSpans`
     app.wsgi_app = ServerSpans(  # type: ignore[method-assign]
         app.wsgi_app,
         provider.get_tracer(TRACER_NAME),

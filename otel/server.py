@@ -15,6 +15,7 @@
   old names (`http.method`, `http.target`, `http.status_code`, ...) beside them;
 - pins the request's trace context for Sentry, sampled or not, until it returns, and
   says whether the caller may decide sampling (`inbound_sampled_from`);
+- gives the request its own Sentry scope (`otel.sentry_request.request_scope`);
 - ends the span when the WSGI app returns, after Flask's teardown.
 
 Requests whose full URL matches `excluded_urls` (comma-separated regular expressions,
@@ -44,6 +45,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from otel.propagation import ADOPTED_TRACE_ID_KEY
 from otel.provider import trust_inbound, untrust_reset
 from otel.sentry import open_unit, pin, unpin
+from otel.sentry_request import request_scope
 
 __all__ = ["SPAN_KEY", "ServerSpans", "excluded", "fail_span", "mark_failed", "name_route"]
 
@@ -142,6 +144,10 @@ class ServerSpans:
         self.old_names = old_names
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        with request_scope(environ):
+            return self._serve(environ, start_response)
+
+    def _serve(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         unit = open_unit()
         trust = trust_inbound(_trusted(environ, self.sampled_from)) if self.sampled_from else None
         try:
