@@ -1,16 +1,16 @@
-"""One encoding of each span batch, sent to the collector and to Sentry's OTLP endpoint.
+"""tracegate's OTLP/HTTP export: each span batch encoded once (`otel.otlp`), sent to
+the collector and, with `TRACEGATE_SENTRY_TRACES=otlp`, to Sentry's OTLP endpoint.
 
-With `TRACEGATE_SENTRY_TRACES=otlp` every sampled span goes to two OTLP/HTTP
-destinations. Two batch processors would encode each span twice (the protobuf encoding
-is most of an export's cost); here one batch processor encodes each batch once and
-hands the same bytes to one `Poster` per destination. Each poster sends from a thread
-of its own and keeps at most `backlog` batches waiting, so a collector or a Sentry that
-hangs or refuses costs the other one nothing: what does not fit is dropped, oldest
+One batch processor encodes each batch once and hands the same bytes to one `Poster`
+per destination. Each poster sends from a thread of its own and keeps at most
+`backlog` batches waiting, so a collector or a Sentry that hangs or refuses costs the
+other one (and the batch processor) nothing: what does not fit is dropped, oldest
 first, and counted in `spans_dropped{exporter=..., reason="queue_full"}`.
 
-Used when the collector speaks OTLP/HTTP protobuf and no TLS client setting of
-OpenTelemetry's exporter is in play (`provider.build_provider` decides); otherwise the
-two destinations keep a batch processor each.
+Used when the collector speaks OTLP/HTTP protobuf and no TLS client or credential
+setting of OpenTelemetry's exporter is in play (`provider.build_fanout` decides);
+otherwise OpenTelemetry's exporter sends to the collector, and Sentry's OTLP endpoint
+gets a batch processor of its own.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from otel.counters import Counters
 from otel.forks import at_fork
+from otel.otlp import encode_spans
 
 __all__ = ["FanoutExporter", "Poster", "post_with_retries"]
 
@@ -185,9 +186,7 @@ class FanoutExporter(SpanExporter):
         self.posters = tuple(posters)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-
-        body = encode_spans(spans).SerializeToString()
+        body = encode_spans(spans)
         for poster in self.posters:
             poster.submit(body, len(spans))
         return SpanExportResult.SUCCESS

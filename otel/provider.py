@@ -44,6 +44,7 @@ from otel.counters import Counters
 from otel.fanout import FanoutExporter, Poster, post_with_retries
 from otel.forks import at_fork
 from otel.handoff import HandoffProcessor
+from otel.otlp import encode_spans
 from otel.propagation import DEFERRED_SAMPLING_KEY, AdoptingIdGenerator
 
 __all__ = [
@@ -270,11 +271,9 @@ class SentryOTLPExporter(SpanExporter):
         return session
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-
         if self._stopped.is_set():
             return SpanExportResult.FAILURE
-        body = encode_spans(spans).SerializeToString()
+        body = encode_spans(spans)
         problem = post_with_retries(self._session, self.url, body, self._timeout_s, self._stopped)
         if problem is None:
             return SpanExportResult.SUCCESS
@@ -312,9 +311,10 @@ _EXPORTER_ONLY_ENV = (
 
 
 def build_fanout(config: TelemetryConfig, counters: Counters) -> FanoutExporter | None:
-    """One encoding for the collector and Sentry's OTLP endpoint, when both take
-    OTLP/HTTP protobuf and nothing asks for OpenTelemetry's exporter (`otel.fanout`)."""
-    if not (config.otlp_enabled and config.sentry_otlp_enabled):
+    """tracegate's OTLP/HTTP export (`otel.fanout`): to the collector, and to Sentry's
+    OTLP endpoint with TRACEGATE_SENTRY_TRACES=otlp, each batch encoded once, when the
+    collector takes OTLP/HTTP protobuf and nothing asks for OpenTelemetry's exporter."""
+    if not config.otlp_enabled:
         return None
     if config.otlp_protocol != "http/protobuf" or any(
         os.environ.get(name) for name in _EXPORTER_ONLY_ENV
@@ -333,6 +333,8 @@ def build_fanout(config: TelemetryConfig, counters: Counters) -> FanoutExporter 
         counters,
         compression=config.otlp_compression,
     )
+    if not config.sentry_otlp_enabled:
+        return FanoutExporter((collector,))
     sentry = Poster(
         "sentry_otlp",
         url,
@@ -395,7 +397,8 @@ def build_provider(
     counters = counters or Counters()
     fanout = build_fanout(config, counters)
     if fanout is not None:
-        chain.append(CountingBatchSpanProcessor(fanout, counters, "otlp", also=("sentry_otlp",)))
+        also = tuple(poster.name for poster in fanout.posters[1:])
+        chain.append(CountingBatchSpanProcessor(fanout, counters, "otlp", also=also))
     else:
         exporter = build_exporter(config)
         if exporter is not None:
@@ -427,19 +430,21 @@ def flush(
 def within(
     timeout_s: float, what: str, work: Callable[[], object], counters: Counters | None = None
 ) -> bool:
-    """Run `work` in a daemon thread and wait at most `timeout_s` for it."""
+    """Run `work` in a daemon thread and wait at most `timeout_s` for it; False also
+    when `work` itself returned False (a flush that gave up at its own deadline)."""
     done = threading.Event()
+    results: list[object] = []
 
     def run() -> None:
         try:
-            work()
+            results.append(work())
         except Exception:  # telemetry must never break the caller
             logger.exception("tracegate: %s failed", what)
         finally:
             done.set()
 
     threading.Thread(target=run, name=f"tracegate-{what.replace(' ', '-')}", daemon=True).start()
-    finished = done.wait(timeout_s)
+    finished = done.wait(timeout_s) and results != [False]
     if not finished:
         logger.warning("tracegate: %s did not finish within %.2fs", what, timeout_s)
         if counters is not None:
