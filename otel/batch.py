@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from otel.counters import Counters
-from otel.forks import at_fork
+from otel.forks import at_fork, keep_inherited
 
 __all__ = ["CountingBatchSpanProcessor"]
 
@@ -72,7 +72,9 @@ class CountingBatchSpanProcessor(SpanProcessor):
 
     def _renew(self) -> None:
         """Fresh locks and an empty queue: in a new process, the parent's are the parent's
-        (a lock its export thread held at the fork would stay locked here forever)."""
+        (a lock its export thread held at the fork would stay locked here forever). The
+        parent's queued spans stay where they are (`keep_inherited`)."""
+        keep_inherited(getattr(self, "_queue", None))
         self._cond = threading.Condition()
         self._export_lock = threading.Lock()
         self._queue: deque[ReadableSpan] = deque()

@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from otel.counters import Counters
-from otel.forks import at_fork
+from otel.forks import at_fork, keep_inherited
 from otel.otlp import encode_spans
 
 __all__ = ["FanoutExporter", "Poster", "post_with_retries"]
@@ -102,6 +102,7 @@ class Poster:
     def _renew(self) -> None:
         """Fresh locks and nothing waiting: in a forked child the parent's batches are the
         parent's, and a lock its sender held at the fork would stay locked forever."""
+        keep_inherited(getattr(self, "_queue", None))
         self._cond = threading.Condition()
         self._queue: deque[tuple[bytes, int]] = deque()
         self._busy = False

@@ -56,7 +56,7 @@ from sentry_sdk.utils import logger as sentry_logger
 from otel import ids
 from otel.config import TelemetryConfig
 from otel.counters import Counters
-from otel.forks import at_fork
+from otel.forks import at_fork, keep_inherited
 from otel.propagation import TracegatePropagator
 from otel.semconv import ORIGIN, attribute_dict, finite, json_encoder, sentry_fields, span_json
 from otel.transport import (
@@ -197,6 +197,9 @@ class SentryBridge(SpanProcessor):
         at_fork(self, after_in_child="_reset")
 
     def _reset(self) -> None:
+        # In a forked child the parent's open segments are the parent's: left unfreed.
+        keep_inherited(getattr(self, "_segments", None))
+        keep_inherited(getattr(self, "_segment_of", None))
         self._lock = threading.Lock()
         self._segments: OrderedDict[int, _Segment] = OrderedDict()
         # Every open span of a collected segment -> that segment. A child's entry goes
