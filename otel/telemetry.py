@@ -25,15 +25,16 @@ from opentelemetry import trace
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from sentry_sdk.transport import make_transport
+from sentry_sdk.transport import Transport, make_transport
 
 from otel.config import TelemetryConfig
 from otel.counters import Counters
+from otel.forks import keep_inherited
 from otel.handoff import HandoffProcessor
 from otel.propagation import DscDefaults, TracegatePropagator, compose
 from otel.provider import build_provider, flush, sample_rate, within
 from otel.sentry import SentryBridge, init_sentry
-from otel.transport import EventSink, count_losses
+from otel.transport import DeferredTransport, EventSink, count_losses
 
 __all__ = ["Telemetry", "active", "setup"]
 
@@ -92,12 +93,14 @@ class Telemetry:
         return ok
 
     def after_fork(self) -> None:
-        """In a forked child: give Sentry a transport of its own.
+        """In a forked child: give Sentry a transport of its own, made on first use.
 
         The child inherits the parent's transport queue mid-flight: an envelope the
         parent was sending when it forked stays "unfinished" in the child's copy
         forever, and every flush there waits for it until its deadline. A new
-        transport (about 0.1 ms) starts clean; the parent's is untouched.
+        transport starts clean; the parent's is left as it is (`keep_inherited`). It is
+        made when the child first sends (`DeferredTransport`): a work horse that hands
+        its spans over sends nothing.
         """
         self.counters.reset()  # the parent's counts are the parent's to report
         if self.bridge is None:
@@ -106,11 +109,22 @@ class Telemetry:
         client = sentry_sdk.get_client()
         if not client.is_active():
             return
-        try:
-            client.transport = make_transport(client.options)
-            count_losses(client.transport, self.counters)
-        except Exception:  # telemetry never breaks a job
-            logger.exception("tracegate: could not renew the Sentry transport after fork")
+        inherited = client.transport
+        if inherited is None:
+            return
+        keep_inherited(inherited)
+        options, counters = client.options, self.counters
+
+        def make() -> Transport | None:
+            try:
+                transport = make_transport(options)
+                count_losses(transport, counters)
+                return transport
+            except Exception:  # telemetry never breaks a job
+                logger.exception("tracegate: could not renew the Sentry transport after fork")
+                return None
+
+        client.transport = DeferredTransport(make, inherited)
 
     def shutdown(self, timeout_s: float | None = None) -> None:
         """Flush, then stop exporting; bounded by the same deadline as `flush`."""

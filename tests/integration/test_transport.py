@@ -25,7 +25,7 @@ from sentry_sdk.envelope import Envelope
 
 from otel.counters import Counters
 from otel.http1 import Origin
-from otel.transport import CompactHttpTransport, count_losses, http_transport
+from otel.transport import CompactHttpTransport, DeferredTransport, count_losses, http_transport
 from tests.harness import tls_files
 from tests.peers.envelope import parse_envelope
 from tests.peers.rawhttp import Answer, RawHTTPServer, Request, answer
@@ -521,3 +521,31 @@ def test_a_flush_does_not_wait_out_the_linger() -> None:
         sent = _send(transport, 3)  # each one flushed
         assert _event_ids(_events(server, 3)) == sent
         transport.kill()
+
+
+def test_a_deferred_transport_is_made_by_the_first_envelope_and_delivers_it(
+    server: RawHTTPServer,
+) -> None:
+    # What a forked work horse gets in place of its parent's transport (see
+    # `Telemetry.after_fork`): nothing is made for a flush or a kill with nothing sent.
+    inherited, _ = _transport(f"http://public@127.0.0.1:{server.port}/42")
+    made: list[CompactHttpTransport] = []
+
+    def make() -> CompactHttpTransport:
+        transport, _ = _transport(f"http://public@127.0.0.1:{server.port}/42")
+        made.append(transport)
+        return transport
+
+    deferred = DeferredTransport(make, inherited)
+    assert deferred.parsed_dsn is inherited.parsed_dsn
+    deferred.flush(1)
+    assert deferred.is_healthy() and made == []
+    envelope, event_id = _envelope()
+    deferred.capture_envelope(envelope)
+    deferred.flush(10)
+    assert len(made) == 1
+    assert _event_ids(_events(server, 1)) == [event_id]
+    deferred.record_lost_event("queue_overflow", data_category="error")
+    assert len(made) == 1  # made once
+    deferred.kill()
+    inherited.kill()
