@@ -311,6 +311,29 @@ def test_breadcrumbs_of_a_users_logger_keep_the_trace_ids(
     assert crumb["data"]["otel_span_id"] == event["contexts"]["trace"]["span_id"]
 
 
+def test_an_error_logged_by_a_users_logger_is_a_linked_sentry_event(
+    make_gateway: GatewayFactory, envelope_receiver: EnvelopeReceiver
+) -> None:
+    # sentry-sdk's logging integration is set up by tracegate (without Sentry Logs):
+    # its breadcrumbs (above) and its error events stay.
+    gateway = make_gateway()
+    payments = logging.getLogger("shop.payments")
+
+    @gateway.app.get("/pay")
+    def pay() -> flask.Response:
+        payments.error("gateway timeout for order %s", 7)
+        return flask.jsonify({})
+
+    gateway.client.get("/pay", headers={"traceparent": f"00-{TRACE}-{PARENT}-01"})
+    gateway.flush()
+    event = envelope_receiver.wait_for(
+        lambda e: (e.get("logentry") or {}).get("message") == "gateway timeout for order %s",
+        item_type="event",
+    )
+    assert event["logger"] == "shop.payments" and event["level"] == "error"
+    assert event["contexts"]["trace"]["trace_id"] == TRACE
+
+
 def test_sdk_disabled_still_reports_errors(
     make_gateway: GatewayFactory, envelope_receiver: EnvelopeReceiver
 ) -> None:
