@@ -107,6 +107,7 @@ class Poster:
         self._queue: deque[tuple[bytes, int]] = deque()
         self._busy = False
         self._started = False  # the sender thread and session, in this process
+        self._thread: threading.Thread | None = None
 
     def submit(self, body: bytes, count: int) -> None:
         if self._stopped.is_set():
@@ -132,10 +133,20 @@ class Poster:
                 self._cond.wait(remaining)
         return True
 
-    def stop(self) -> None:
+    def stop(self, wait_s: float = 1.0) -> None:
+        """Stop sending; wait up to `wait_s` for the sender to close its connections.
+
+        Closed here, the session's connection pools go while the interpreter is whole;
+        left to its teardown, urllib3's finalizer of a pool failed there ("catching
+        classes that do not inherit from BaseException") and printed a traceback as the
+        process exited.
+        """
         self._stopped.set()
         with self._cond:
             self._cond.notify_all()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(wait_s)
 
     def _start(self) -> None:
         import requests
@@ -144,7 +155,8 @@ class Poster:
         self._session = requests.Session()
         self._session.headers.update(self._headers)
         name = f"tracegate-{self.name}-sender"
-        threading.Thread(target=self._run, name=name, daemon=True).start()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
 
     def _run(self) -> None:
         while True:
@@ -152,7 +164,7 @@ class Poster:
                 while not self._queue and not self._stopped.is_set():
                     self._cond.wait()
                 if not self._queue:
-                    return
+                    break
                 body, count = self._queue.popleft()
                 self._busy = True
             try:
@@ -171,6 +183,7 @@ class Poster:
             with self._cond:
                 self._busy = False
                 self._cond.notify_all()
+        self._session.close()
 
     def _encode(self, body: bytes) -> bytes:
         if self._compression == "gzip":
