@@ -31,6 +31,7 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 
 from otel.counters import Counters
 from otel.propagation import SpecTraceState
+from otel.semconv import attribute_dict
 
 __all__ = ["HandoffProcessor"]
 
@@ -82,7 +83,7 @@ class HandoffProcessor(SpanProcessor):
     @staticmethod
     def encode(spans: Sequence[ReadableSpan]) -> bytes:
         """Finished spans as JSON, for `load` in another process."""
-        return json.dumps([_to_value(span) for span in spans], default=str).encode()
+        return "".join(_encode([_to_value(span) for span in spans], 0)).encode()
 
     def release(self) -> int:
         """Stop buffering and feed what was buffered to the processors here (a work
@@ -138,6 +139,30 @@ class HandoffProcessor(SpanProcessor):
         return all(p.force_flush(timeout_millis) for p in self.processors)
 
 
+# The C JSON encoder, called directly (`json.dumps` costs several times as much on a
+# span): values JSON does not know become their `str`, as with `default=str`.
+_c_encoder = getattr(json.encoder, "c_make_encoder", None)
+if _c_encoder is not None:
+    _encode: Any = _c_encoder(
+        None, str, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True
+    )
+else:  # not CPython
+
+    def _encode(value: Any, _level: int) -> list[str]:
+        return [json.dumps(value, default=str)]
+
+
+# A process has one resource or few: the last one's attributes, copied once.
+_last_resource: list[Any] = [None, {}]
+
+
+def _resource_value(resource: Resource) -> dict[str, Any]:
+    if resource is not _last_resource[0]:
+        _last_resource[:] = [resource, dict(resource.attributes)]
+    value: dict[str, Any] = _last_resource[1]
+    return value
+
+
 def _context_value(context: SpanContext | None) -> tuple[Any, ...] | None:
     if context is None:
         return None
@@ -175,8 +200,8 @@ def _to_value(span: ReadableSpan) -> dict[str, Any]:
         "name": span.name,
         "context": _context_value(span.get_span_context()),
         "parent": _context_value(span.parent),
-        "resource": dict(span.resource.attributes),
-        "attributes": dict(span.attributes or {}),
+        "resource": _resource_value(span.resource),
+        "attributes": attribute_dict(span),
         "events": [(e.name, dict(e.attributes or {}), e.timestamp) for e in span.events],
         "links": [
             (_context_value(link.context), dict(link.attributes or {})) for link in span.links

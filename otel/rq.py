@@ -524,7 +524,8 @@ class _TracedWorkerMixin:
         spans = handoff.take()
         if spans:
             try:
-                with self.connection.pipeline(transaction=True) as pipe:
+                # One round trip; no MULTI: the EXPIRE only bounds a list nobody takes.
+                with self.connection.pipeline(transaction=False) as pipe:
                     pipe.rpush(self._handoff_key(), handoff.encode(spans))
                     pipe.expire(self._handoff_key(), 3600)
                     pipe.execute()
