@@ -152,15 +152,17 @@ else:  # not CPython
         return [json.dumps(value, default=str)]
 
 
-# A process has one resource or few: the last one's attributes, copied once.
-_last_resource: list[Any] = [None, {}]
+# A process has one resource or few: the last one and its attributes, copied once (one
+# tuple, replaced whole, so two threads never see one's resource with the other's copy).
+_last_resource: list[tuple[Any, dict[str, Any]]] = [(None, {})]
 
 
 def _resource_value(resource: Resource) -> dict[str, Any]:
-    if resource is not _last_resource[0]:
-        _last_resource[:] = [resource, dict(resource.attributes)]
-    value: dict[str, Any] = _last_resource[1]
-    return value
+    last = _last_resource[0]
+    if last[0] is not resource:
+        last = (resource, dict(resource.attributes))
+        _last_resource[0] = last
+    return last[1]
 
 
 def _context_value(context: SpanContext | None) -> tuple[Any, ...] | None:
