@@ -105,7 +105,18 @@ def test_failover_loses_no_acknowledged_job_and_keeps_traces(
                     if Job.fetch(job_id, connection=connection).get_status() == "finished":
                         pending.discard(job_id)
                 time.sleep(0.3)
-            assert len(pending) <= 1 and pending <= taken(), (pending, taken())
+            if not (len(pending) <= 1 and pending <= taken()):
+                intermediate = connection.lrange("rq:queue:default:intermediate", 0, -1)
+                statuses = {
+                    job_id: Job.fetch(job_id, connection=connection).get_status()
+                    for job_id in sorted(pending)[:5]
+                }
+                raise AssertionError(
+                    f"{len(pending)} acknowledged jobs unfinished; {len(intermediate)} in rq's "
+                    f"intermediate list, {len(set(started.get_job_ids()))} in the started "
+                    f"registry, {connection.llen('rq:queue:default')} queued; some of "
+                    f"theirs: {statuses}; the worker said:\n{log.read_text()[-3000:]}"
+                )
     finally:
         stop.set()
         kill_session(worker.pid)
