@@ -106,15 +106,14 @@ class Poster:
         self._cond = threading.Condition()
         self._queue: deque[tuple[bytes, int]] = deque()
         self._busy = False
-        self._started = False  # the sender thread and session, in this process
-        self._thread: threading.Thread | None = None
+        self._thread: threading.Thread | None = None  # the sender, in this process
 
     def submit(self, body: bytes, count: int) -> None:
         if self._stopped.is_set():
             self._counters.add("spans_dropped", count, exporter=self.name, reason="shutdown")
             return
         with self._cond:
-            if not self._started:
+            if self._thread is None:
                 self._start()  # the first batch of this process
             if len(self._queue) >= self._backlog:
                 _, lost = self._queue.popleft()
@@ -151,7 +150,6 @@ class Poster:
     def _start(self) -> None:
         import requests
 
-        self._started = True
         self._session = requests.Session()
         self._session.headers.update(self._headers)
         name = f"tracegate-{self.name}-sender"

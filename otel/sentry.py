@@ -2,9 +2,10 @@
 
 - `init_sentry` starts sentry-sdk with its own tracing off (no `traces_sample_rate`):
   OpenTelemetry's sampler makes the one decision. sentry-sdk's auto-enabled
-  integrations stay (Flask request data on events), except `RqIntegration`, whose job
-  meta and failure events would duplicate tracegate's RQ wrapper and carry a second,
-  random trace id.
+  integrations stay (Flask request data on events, log breadcrumbs and error events,
+  without the Sentry Logs handler tracegate never turns on), except `RqIntegration`,
+  whose job meta and failure events would duplicate tracegate's RQ wrapper and carry a
+  second, random trace id.
 - `SentryBridge` is a span processor. A span that starts a local trace segment (no
   local parent) pins its trace context for the unit of work, so an error captured after
   the span ended still links. Sampled segments are sent to Sentry as transactions with
@@ -708,7 +709,7 @@ def _external_context() -> tuple[str, str] | None:
     return ids.trace_id_hex(current.trace_id), ids.span_id_hex(current.span_id)
 
 
-def _logging_integration() -> list[Integration]:
+def _logging_integration() -> Integration:
     """sentry-sdk's logging integration without its Sentry Logs handler.
 
     Breadcrumbs and error events from log records stay. tracegate never turns Sentry
@@ -718,10 +719,7 @@ def _logging_integration() -> list[Integration]:
     """
     from sentry_sdk.integrations.logging import LoggingIntegration
 
-    try:
-        return [LoggingIntegration(sentry_logs_level=None)]
-    except TypeError:  # a sentry-sdk without Sentry Logs: its defaults stand
-        return []
+    return LoggingIntegration(sentry_logs_level=None)
 
 
 def _request_integrations() -> list[Integration]:
@@ -776,7 +774,7 @@ def init_sentry(
         max_request_body_size="never",
         integrations=[
             TracegateIntegration(bridge),
-            *_logging_integration(),
+            _logging_integration(),
             *_request_integrations(),
         ],
         # RqIntegration: its job meta holds a second trace id, and its failure events
