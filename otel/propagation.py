@@ -349,10 +349,21 @@ def _with_parent(ctx: Context, span_context: SpanContext) -> Context:
     return trace.set_span_in_context(NonRecordingSpan(span_context), ctx)
 
 
+# Where OpenTelemetry keeps the baggage in a context: all members set with one new
+# context instead of one per member (`set_baggage` copies the mapping every time).
+_BAGGAGE_KEY = getattr(otel_baggage, "_BAGGAGE_KEY", None)
+
+
 def _with_baggage(ctx: Context, members: list[tuple[str, str]]) -> Context:
-    for key, value in members:
-        ctx = otel_baggage.set_baggage(key, value, ctx)
-    return ctx
+    if not members:
+        return ctx
+    if _BAGGAGE_KEY is None:  # another OpenTelemetry API
+        for key, value in members:
+            ctx = otel_baggage.set_baggage(key, value, ctx)
+        return ctx
+    merged = dict(otel_baggage.get_all(ctx))
+    merged.update(members)
+    return set_value(_BAGGAGE_KEY, merged, ctx)
 
 
 def _baggage_sampled(members: list[tuple[str, str]]) -> bool | None:
@@ -391,11 +402,12 @@ def _parse_baggage(values: Sequence[str] | None) -> list[tuple[str, str]]:
             value = value.strip(_OWS)
             if _BAGGAGE_VALUE_RE.fullmatch(value) is None:
                 continue
-            try:
-                decoded = unquote(value, errors="strict")
-            except UnicodeDecodeError:
-                continue
-            parsed.append((key, decoded, len(item.strip(_OWS))))
+            if "%" in value:
+                try:
+                    value = unquote(value, errors="strict")
+                except UnicodeDecodeError:
+                    continue
+            parsed.append((key, value, len(item.strip(_OWS))))
     return [(key, value) for key, value, _ in _within_limits(parsed)]
 
 
@@ -406,6 +418,9 @@ def _within_limits(items: Sequence[tuple[str, str, int]]) -> list[tuple[str, str
     members claim room first, so Sentry's sampling context survives a crowded header;
     the other members then fill what is left, in header order.
     """
+    fits = sum(cost for _, _, cost in items) + len(items) - 1 <= _BAGGAGE_MAX_BYTES
+    if fits and len(items) <= _BAGGAGE_MAX_MEMBERS:
+        return list(items)  # everything fits: nothing to choose
     keep = [False] * len(items)
     count = size = 0
     for sentry_pass in (True, False):
@@ -421,13 +436,13 @@ def _within_limits(items: Sequence[tuple[str, str, int]]) -> list[tuple[str, str
     return [item for item, kept in zip(items, keep, strict=True) if kept]
 
 
-_TOKEN_CHARS = frozenset(
-    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-)
+# RFC 7230's token characters (one regex match: a loop over the characters cost a
+# baggage header of five members most of its parse).
+_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-zA-Z]+")
 
 
 def _is_token(key: str) -> bool:
-    return all(ch in _TOKEN_CHARS for ch in key)
+    return _TOKEN_RE.fullmatch(key) is not None
 
 
 def _format_baggage(members: Iterable[tuple[str, str]]) -> str:

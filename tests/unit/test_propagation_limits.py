@@ -136,6 +136,27 @@ def test_byte_limit_keeps_room_for_the_sentry_context() -> None:
     assert all(members[f"m{i}"] == "v" * 500 for i in range(10))
 
 
+def _at_the_limits() -> list[str]:
+    # 64 members whose header, commas included, is exactly 8192 bytes.
+    members = [f"m{i:02d}={'v' * 123}" for i in range(64)]
+    members[-1] += "v"
+    assert len(",".join(members)) == 8192
+    return members
+
+
+@pytest.mark.parametrize(
+    ("members", "kept"),
+    [
+        (_at_the_limits(), 64),  # exactly at both limits: all of it
+        ([*_at_the_limits()[:-1], _at_the_limits()[-1] + "v"], 63),  # one byte over
+        ([f"m{i}=v" for i in range(65)], 64),  # one member over
+    ],
+)
+def test_members_at_the_limits(members: list[str], kept: int) -> None:
+    ctx = OURS.extract({"traceparent": f"00-{TRACE}-{PARENT}-01", "baggage": ",".join(members)})
+    assert list(baggage.get_all(ctx).items()) == _members(",".join(members[:kept]))
+
+
 def test_scan_bound_never_keeps_a_member_cut_in_half() -> None:
     header = ",".join(f"m{i}={'v' * 150}" for i in range(1000))  # 150 KiB
     ctx = OURS.extract({"baggage": header})
