@@ -59,8 +59,6 @@ class Settings:
     workers: int = 2
     threads: int = 4
     redis_url: str = ""
-    # Replicas that must hold a job before POST /v1/jobs acknowledges it (Redis WAIT).
-    redis_wait_replicas: int = 0
     demo_routes: bool = True
     max_body_bytes: int = 1024 * 1024
     config_file: str = ""
@@ -105,7 +103,6 @@ class Settings:
             workers=int(reader.number("TRACEGATE_WORKERS", 2)),
             threads=int(reader.number("TRACEGATE_THREADS", 4)),
             redis_url=env.get("REDIS_URL", "").strip(),
-            redis_wait_replicas=int(reader.number("TRACEGATE_REDIS_WAIT_REPLICAS", 0)),
             demo_routes=reader.flag("TRACEGATE_DEMO_ROUTES", True),
             max_body_bytes=int(reader.number("TRACEGATE_MAX_BODY_BYTES", 1024 * 1024)),
             config_file=env.get("TRACEGATE_CONFIG", "").strip(),
@@ -136,8 +133,6 @@ class Settings:
             found.append("TRACEGATE_WORKERS: must be at least 1")
         if self.threads < 1:
             found.append("TRACEGATE_THREADS: must be at least 1")
-        if self.redis_wait_replicas < 0:
-            found.append("TRACEGATE_REDIS_WAIT_REPLICAS: must be 0 or more")
         for name, value in (
             ("TRACEGATE_STORE_MAX_TRACES", self.store_limits.max_traces),
             ("TRACEGATE_STORE_MAX_AGE_S", self.store_limits.max_age_s),

@@ -100,6 +100,10 @@ class TelemetryConfig:
     # "handoff": a work horse hands its spans to the worker process through Redis,
     # which exports them; "flush": each work horse exports its own before it exits.
     rq_export: str = "handoff"
+    # Replicas that must hold what goes through Redis before it counts as done (Redis
+    # WAIT): the gateway's job acknowledgments, and a work horse's hand-over of its
+    # spans, so a failover to a replica loses neither. 0: don't wait.
+    redis_wait_replicas: int = 0
     # Comma-separated regexes of URLs that get no server span (OpenTelemetry's syntax).
     excluded_urls: str = ""
     # OTEL_SEMCONV_STABILITY_OPT_IN holds "http/dup": server spans carry the old HTTP
@@ -215,6 +219,8 @@ class TelemetryConfig:
         ):
             if count < 1:
                 found.append(f"{name}: must be at least 1")
+        if self.redis_wait_replicas < 0:
+            found.append("TRACEGATE_REDIS_WAIT_REPLICAS: must be 0 or more")
         return found
 
     @classmethod
@@ -274,6 +280,7 @@ class TelemetryConfig:
             rq_report_every_attempt=reader.flag("TRACEGATE_RQ_REPORT_EVERY_ATTEMPT", False),
             rq_delayed_links_only=reader.flag("TRACEGATE_RQ_DELAYED_LINKS_ONLY", False),
             rq_export=reader.choice("TRACEGATE_RQ_EXPORT", ("handoff", "flush"), "handoff"),
+            redis_wait_replicas=int(reader.number("TRACEGATE_REDIS_WAIT_REPLICAS", 0)),
             excluded_urls=environ.get(
                 "OTEL_PYTHON_FLASK_EXCLUDED_URLS", environ.get("OTEL_PYTHON_EXCLUDED_URLS", "")
             ).strip(),

@@ -20,8 +20,9 @@ command line::
   retry follows. A work horse killed by a signal or by the parent's timeout is
   reported by the parent from the job's stored carrier. A forked work horse hands its
   spans to the worker in one RPUSH before `os._exit` (bounded by the Redis client's
-  socket timeout, like rq's own writes) and flushes its Sentry events within
-  `TRACEGATE_RQ_FLUSH_TIMEOUT_S`.
+  socket timeout, like rq's own writes; with `TRACEGATE_REDIS_WAIT_REPLICAS`, it then
+  waits up to `TRACEGATE_RQ_FLUSH_TIMEOUT_S` until replicas hold them) and flushes
+  its Sentry events within `TRACEGATE_RQ_FLUSH_TIMEOUT_S`.
 - A forked work horse is the job's critical path and every page it touches is copied
   first, so the forking worker does what it can for it: it starts the consumer span
   before the fork (announced to the processors only when the horse hands it back),
@@ -525,9 +526,16 @@ class _TracedWorkerMixin:
         if spans:
             try:
                 # One round trip; no MULTI: the EXPIRE only bounds a list nobody takes.
+                # With TRACEGATE_REDIS_WAIT_REPLICAS the horse also waits (as long as
+                # its flush may take) until replicas hold them: a failover to one then
+                # keeps them, and the worker takes them over there.
+                replicas = telemetry.config.redis_wait_replicas
                 with self.connection.pipeline(transaction=False) as pipe:
                     pipe.rpush(self._handoff_key(), handoff.encode(spans))
                     pipe.expire(self._handoff_key(), 3600)
+                    if replicas:
+                        wait_ms = max(1, int(telemetry.config.rq_flush_timeout_s * 1000))
+                        pipe.wait(replicas, wait_ms)
                     pipe.execute()
             except Exception as error:  # Redis went away: export them from here instead
                 logger.warning("tracegate: could not hand spans over (%s); exporting them", error)

@@ -105,7 +105,7 @@ def create_job() -> tuple[flask.Response, int, dict[str, str]]:
 def _await_replicas(connection: redis.Redis, job_id: str) -> None:
     """With TRACEGATE_REDIS_WAIT_REPLICAS, a job is acknowledged only once that many
     replicas have it, so a failover to one of them cannot lose it."""
-    wanted = _settings().redis_wait_replicas
+    wanted = _settings().telemetry.redis_wait_replicas
     if not wanted:
         return
     try:

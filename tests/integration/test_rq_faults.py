@@ -28,6 +28,7 @@ from tests.integration.test_rq import (
     run_worker,
 )
 from tests.peers import RedisServer
+from tests.peers.base import LOOPBACK
 from tests.peers.envelope import EnvelopeReceiver
 from tests.peers.otlp import OTLPReceiver
 
@@ -158,6 +159,53 @@ def test_redis_killed_and_restarted_loses_no_acknowledged_job(
     spans = {s.attributes.get("messaging.message.id"): s for s in received}
     for job_id, trace_id in acknowledged.items():
         assert spans[job_id].trace_id_hex == trace_id, output[-2000:]
+
+
+@pytest.fixture
+def replicated_redis() -> Iterator[tuple[RedisServer, RedisServer]]:
+    """A primary and one replica in sync with it."""
+    with RedisServer() as primary:
+        follow = ["--replicaof", LOOPBACK, str(primary.port), "--repl-diskless-sync-delay", "0"]
+        with RedisServer(extra_args=follow) as replica, redis.Redis.from_url(replica.url) as r:
+            deadline = time.monotonic() + 20
+            while r.info("replication").get("master_link_status") != "up":
+                assert time.monotonic() < deadline, "the replica did not sync"
+                time.sleep(0.05)
+            yield primary, replica
+
+
+def test_work_horse_waits_until_a_replica_holds_its_spans(
+    replicated_redis: tuple[RedisServer, RedisServer],
+    env: dict[str, str],
+    otlp_receiver: OTLPReceiver,
+) -> None:
+    # With TRACEGATE_REDIS_WAIT_REPLICAS a failover to a replica cannot lose the spans a
+    # work horse handed over: the horse WAITs for the replica (up to its flush bound).
+    primary, replica = replicated_redis
+    env = {
+        **env,
+        "REDIS_URL": primary.url,
+        "TRACEGATE_REDIS_WAIT_REPLICAS": "1",
+        "TRACEGATE_RQ_FLUSH_TIMEOUT_S": "0.3",
+    }
+    with gateways(env) as make, redis.Redis.from_url(primary.url) as connection:
+        gateway = make()
+        connection.config_resetstat()
+        job, trace_id = enqueue_traced(gateway, connection, "traced_echo", "held")
+        run_worker(env)
+        assert consumer_spans(otlp_receiver, job.id)[0].trace_id_hex == trace_id
+        waited = connection.info("commandstats").get("cmdstat_wait", {}).get("calls", 0)
+        assert waited >= 1, "the work horse did not wait for the replica"
+        # A replica that stops answering holds the horse back by the flush bound at
+        # most; the job still finishes and its spans still arrive.
+        replica.pause()
+        try:
+            job, trace_id = enqueue_traced(gateway, connection, "traced_echo", "paused")
+            run_worker(env)
+        finally:
+            replica.resume()
+        assert Job.fetch(job.id, connection=connection).get_status() == JobStatus.FINISHED
+        assert consumer_spans(otlp_receiver, job.id)[0].trace_id_hex == trace_id
 
 
 def test_work_horse_outliving_its_worker_exports_its_own_spans(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -119,6 +120,15 @@ class RedisServer(PeerContext):
         if self._process is not None:
             self._process.kill()
             self._process.wait(timeout=5)
+
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its connections and answers nothing (`resume()`)."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)
 
     def restart(self) -> None:
         binary = self._binary or find_redis_server()

@@ -36,6 +36,7 @@ def test_every_bad_value_is_listed_in_one_error() -> None:
                 "TRACEGATE_INBOUND_SAMPLED": "maybe",
                 "REDIS_URL": "localhost:6379",
                 "TRACEGATE_SENTRY_PIPELINE": "0",
+                "TRACEGATE_REDIS_WAIT_REPLICAS": "-1",
             }
         )
     text = str(raised.value)
@@ -48,9 +49,10 @@ def test_every_bad_value_is_listed_in_one_error() -> None:
         "TRACEGATE_INBOUND_SAMPLED",
         "REDIS_URL",
         "TRACEGATE_SENTRY_PIPELINE",
+        "TRACEGATE_REDIS_WAIT_REPLICAS",
     ):
         assert name in text
-    assert len(raised.value.problems) == 8
+    assert len(raised.value.problems) == 9
 
 
 def test_propagators_that_are_not_installed_are_refused() -> None:
