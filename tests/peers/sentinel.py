@@ -68,6 +68,7 @@ class SentinelDeployment(PeerContext):
                 f"sentinel monitor {SERVICE} {LOOPBACK} {self.primary.port} 2\n"
                 f"sentinel down-after-milliseconds {SERVICE} 1000\n"
                 f"sentinel failover-timeout {SERVICE} 5000\n"
+                f"logfile {Path(self._workdir.name) / f'sentinel-{port}.log'}\n"
             )
             self._sentinels.append(
                 subprocess.Popen(
@@ -99,9 +100,8 @@ class SentinelDeployment(PeerContext):
         return all(str(r.port) in replicas for r in self.replicas) and others.startswith("*2")
 
     def primary_port(self) -> int:
-        """The primary's port as the sentinels see it now."""
-        reply = _command(self.sentinel_ports[0], "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)
-        return int(reply.split("\r\n")[-2])
+        """The primary's port as the (first) sentinel sees it now."""
+        return self._named_primary(self.sentinel_ports[0])
 
     def kill_primary(self, timeout: float = 30) -> int:
         """SIGKILL the primary; return the port of the replica the sentinels promoted."""
@@ -109,6 +109,63 @@ class SentinelDeployment(PeerContext):
         self.primary.kill()
         self._await(lambda: self.primary_port() != old, timeout)
         return self.primary_port()
+
+    def await_settled(self, timeout: float = 30) -> int:
+        """Wait until the deployment has one primary again; return its port.
+
+        A failover can leave two servers that say they are the primary for a while (a
+        replica promoted in one attempt, another in the next): clients that asked the
+        sentinels at different moments then write to different servers until the
+        sentinels turn the loser into a replica. Settled: every sentinel names the
+        same primary, it says it is one, and every other live server replicates from
+        it over a working link."""
+
+        def settled() -> bool:
+            named = {self._named_primary(port) for port in self.sentinel_ports}
+            if len(named) != 1:
+                return False
+            primary = named.pop()
+            for server in (self.primary, *self.replicas):
+                try:
+                    role = _command(server.port, "ROLE").split("\r\n")
+                except OSError:
+                    continue  # the one that was killed
+                if server.port == primary:
+                    if role[2] != "master":
+                        return False
+                elif role[2] != "slave" or role[5] != f":{primary}" or role[7] != "connected":
+                    return False
+            return True
+
+        self._await(settled, timeout)
+        return self.primary_port()
+
+    def _named_primary(self, sentinel_port: int) -> int:
+        reply = _command(sentinel_port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)
+        return int(reply.split("\r\n")[-2])
+
+    def describe(self, job_id: str) -> str:
+        """Each live server's role and what it holds of job `job_id` (for a failure)."""
+        lines = []
+        for server in (self.primary, *self.replicas):
+            try:
+                role = _command(server.port, "ROLE").split("\r\n")[:6]
+                status = _command(server.port, "HGET", f"rq:job:{job_id}", "status")
+                held = _command(server.port, "LLEN", "rq:queue:default:intermediate")
+            except OSError as error:
+                lines.append(f"{server.port}: {error}")
+                continue
+            lines.append(f"{server.port}: role {role} status {status!r} intermediate {held!r}")
+        for port in self.sentinel_ports:
+            try:
+                reply = _command(port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)
+            except OSError as error:
+                reply = str(error)
+            lines.append(f"sentinel {port} names {reply.split()[-1:]} the primary")
+        if self._workdir is not None:
+            for log in sorted(Path(self._workdir.name).glob("sentinel-*.log")):
+                lines.append(f"{log.name}:\n{log.read_text()[-4000:]}")
+        return "; ".join(lines)
 
     @staticmethod
     def _await(condition: object, timeout: float) -> None:
