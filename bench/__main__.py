@@ -8,6 +8,8 @@ Each benchmark reports ratios against its alternatives measured in the same run:
             bridge in both modes;
 - rq        enqueue and processing jobs/s: plain rq, sentry-sdk's RqIntegration,
             tracegate; forking and simple workers;
+- rqcost    where a traced job's extra cost goes: Redis commands, CPU of the worker, its
+            work horses and its threads, page faults, RSS (plain rq against tracegate);
 - memory    a gateway's RSS over many requests, with healthy and dead backends;
 - capacity  jobs/s of 1, 2, 4 workers and requests/s of 1, 2 gateway processes;
 - flush     the per-job cost of the work horse's flush: handing spans over vs exporting.
@@ -23,9 +25,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import capacity, http, memory, rq_flush, rq_rates, spans
+from bench import capacity, http, memory, rq_cost, rq_flush, rq_rates, spans
 
-NAMES = ("http", "spans", "rq", "memory", "capacity", "flush")
+NAMES = ("http", "spans", "rq", "rqcost", "memory", "capacity", "flush")
 
 
 def _flush(quick: bool) -> list[str]:
@@ -59,6 +61,11 @@ def main() -> None:
         "http": lambda: http.run(quick),
         "spans": lambda: spans.run(quick),
         "rq": lambda: rq_rates.run(quick, args.rq_jobs),
+        "rqcost": lambda: [
+            "### Where a traced job's extra cost goes",
+            "",
+            *rq_cost.run(args.rq_jobs or (200 if quick else 1000)),
+        ],
         "memory": lambda: memory.run(quick, args.memory_requests),
         "capacity": lambda: capacity.run(quick),
         "flush": lambda: _flush(quick),
