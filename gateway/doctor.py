@@ -137,8 +137,11 @@ def _otlp_check(settings: Settings) -> Check:
 
 
 def _redis_check(settings: Settings) -> Check:
+    wanted = settings.telemetry.redis_wait_replicas
     try:
-        redisconn.connect(settings.redis).ping()
+        connection = redisconn.connect(settings.redis)
+        connection.ping()
+        replicas = int(connection.info("replication").get("connected_slaves", 0)) if wanted else 0
     except (redis.RedisError, OSError) as error:
         return Check(
             "Redis",
@@ -146,7 +149,19 @@ def _redis_check(settings: Settings) -> Check:
             f"unreachable ({type(error).__name__})",
             "start Redis or fix REDIS_URL (tracegate up embeds one)",
         )
-    return Check("Redis", OK, urlsplit(settings.redis).netloc.rpartition("@")[2])
+    where = urlsplit(settings.redis).netloc.rpartition("@")[2]
+    if wanted and replicas < wanted:
+        return Check(
+            "Redis",
+            FAIL,
+            f"TRACEGATE_REDIS_WAIT_REPLICAS={wanted} but the primary has {replicas} "
+            "replica(s): every POST /v1/jobs answers 503 and every work horse waits "
+            "TRACEGATE_RQ_FLUSH_TIMEOUT_S",
+            "add replicas or lower TRACEGATE_REDIS_WAIT_REPLICAS",
+        )
+    if wanted:
+        return Check("Redis", OK, f"{where}, {replicas} replica(s) connected, {wanted} awaited")
+    return Check("Redis", OK, where)
 
 
 def _propagator_check(configured: str) -> Check:

@@ -11,7 +11,8 @@ import redis
 import sentry_sdk
 from werkzeug.serving import make_server
 
-from gateway.doctor import _sentry_tracing_check
+from gateway.doctor import FAIL, OK, _sentry_tracing_check, config_checks
+from gateway.settings import Settings
 from tests.harness import gateways
 from tests.peers.envelope import EnvelopeReceiver
 from tests.peers.otlp import OTLPReceiver
@@ -122,3 +123,19 @@ def test_a_rediss_url_carries_jobs_over_tls_to_the_worker(
             )
         )
         assert consumer.trace_id_hex == created.json["trace_id"]
+
+
+def test_doctor_checks_the_replicas_the_settings_wait_for(
+    replicated_redis: tuple[RedisServer, RedisServer], redis_url: str
+) -> None:
+    def redis_row(url: str) -> tuple[str, str]:
+        env = {"REDIS_URL": url, "TRACEGATE_REDIS_WAIT_REPLICAS": "1"}
+        (row,) = [c for c in config_checks(Settings.from_env(env)) if c.name == "Redis"]
+        return row.status, row.detail
+
+    primary, _ = replicated_redis
+    awaited = f"127.0.0.1:{primary.port}, 1 replica(s) connected, 1 awaited"
+    assert redis_row(primary.url) == (OK, awaited)
+    # A Redis without replicas: every 202 would be a 503, every work horse would wait.
+    status, detail = redis_row(redis_url)
+    assert status == FAIL and "the primary has 0 replica(s)" in detail

@@ -28,7 +28,6 @@ from tests.integration.test_rq import (
     run_worker,
 )
 from tests.peers import RedisServer
-from tests.peers.base import LOOPBACK
 from tests.peers.envelope import EnvelopeReceiver
 from tests.peers.otlp import OTLPReceiver
 
@@ -159,19 +158,6 @@ def test_redis_killed_and_restarted_loses_no_acknowledged_job(
     spans = {s.attributes.get("messaging.message.id"): s for s in received}
     for job_id, trace_id in acknowledged.items():
         assert spans[job_id].trace_id_hex == trace_id, output[-2000:]
-
-
-@pytest.fixture
-def replicated_redis() -> Iterator[tuple[RedisServer, RedisServer]]:
-    """A primary and one replica in sync with it."""
-    with RedisServer() as primary:
-        follow = ["--replicaof", LOOPBACK, str(primary.port), "--repl-diskless-sync-delay", "0"]
-        with RedisServer(extra_args=follow) as replica, redis.Redis.from_url(replica.url) as r:
-            deadline = time.monotonic() + 20
-            while r.info("replication").get("master_link_status") != "up":
-                assert time.monotonic() < deadline, "the replica did not sync"
-                time.sleep(0.05)
-            yield primary, replica
 
 
 def test_work_horse_waits_until_a_replica_holds_its_spans(
