@@ -31,14 +31,6 @@ from bench import rq_rates
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _stat(path: str) -> list[str] | None:
-    try:
-        with open(path) as stat:
-            return stat.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
 def _rss_mib(pid: int) -> float | None:
     try:
         with open(f"/proc/{pid}/status") as status:
@@ -57,7 +49,7 @@ def _watch(args: list[str], env: dict[str, str]) -> dict[str, Any]:
     )
     last: dict[str, Any] = {"threads": {}}
     while process.poll() is None:
-        fields = _stat(f"/proc/{process.pid}/stat")
+        fields = rq_rates.proc_stat(f"/proc/{process.pid}/stat")
         if fields is not None:
             # minflt, cminflt, then utime, stime, cutime, cstime (in clock ticks)
             last["process"] = [int(fields[i]) for i in (7, 8, 11, 12, 13, 14)]
@@ -67,7 +59,7 @@ def _watch(args: list[str], env: dict[str, str]) -> dict[str, Any]:
         except OSError:
             tids = []
         for tid in tids:
-            fields = _stat(f"/proc/{process.pid}/task/{tid}/stat")
+            fields = rq_rates.proc_stat(f"/proc/{process.pid}/task/{tid}/stat")
             if fields is not None:
                 last["threads"][int(tid)] = (int(fields[11]), int(fields[12]))
         time.sleep(0.01)
@@ -80,6 +72,30 @@ def _watch(args: list[str], env: dict[str, str]) -> dict[str, Any]:
 
 def _ms(ticks: int, jobs: int) -> float:
     return ticks * 1000 / _TICK / jobs
+
+
+def _check_delivered(client: Any, peers: Any, variant: str, jobs: int) -> None:
+    """Every job finished and the variant delivered what it should: a run that lost
+    work would look cheap."""
+    from rq.registry import FinishedJobRegistry
+
+    finished = FinishedJobRegistry(rq_rates.QUEUE, connection=client).count
+    time.sleep(0.2)  # both processes flushed before exiting; a receiver may still read
+    received = peers.received()
+    expected = rq_rates._expected(variant, jobs)
+    got = {
+        "finished": finished,
+        "spans": received["spans"],
+        "transactions": received["request_transactions"] + received["job_transactions"],
+    }
+    # one request transaction (the enqueuer) and one job transaction per job
+    wanted = {
+        "finished": jobs,
+        "spans": expected["spans"],
+        "transactions": 2 * expected["transactions"],
+    }
+    if got != wanted:
+        raise RuntimeError(f"{variant}: delivered {got}, expected {wanted}")
 
 
 def run(jobs: int) -> list[str]:
@@ -103,28 +119,13 @@ def run(jobs: int) -> list[str]:
         client = redis.Redis.from_url(server.url)
         for worker in rq_rates.WORKER_CLASSES:
             for variant in ("plain", "tracegate"):
-                client.flushall()
-                otlp.clear()
-                sentry.clear()
                 env = peers.env(variant)
-                rq_rates._check(
-                    [sys.executable, "-m", "bench.rq_rates", "--enqueue", variant,
-                     "--url", server.url, "--jobs", str(jobs)],
-                    env,
-                    timeout=600,
-                )  # fmt: skip
-                args = [str(rq_rates.BIN / "rq"), "worker", "--burst", "--url", server.url,
-                        "-c", "bench.rq_rates", *rq_rates._WORKER_ARGS[(variant, worker)],
-                        "idle"]  # fmt: skip
-                idle = _watch(args, env)
+                rq_rates.enqueue_fresh(peers, variant, jobs)
+                idle = _watch(rq_rates.worker_command(server.url, variant, worker, "idle"), env)
                 client.config_resetstat()
-                seen = _watch(
-                    [str(rq_rates.BIN / "rq"), "worker", "--burst", "--url", server.url,
-                     "-c", "bench.rq_rates", *rq_rates._WORKER_ARGS[(variant, worker)],
-                     rq_rates.QUEUE],
-                    env,
-                )  # fmt: skip
-                stats = client.info("commandstats")
+                seen = _watch(rq_rates.worker_command(server.url, variant, worker), env)
+                stats = client.info("commandstats")  # before the check's own commands
+                _check_delivered(client, peers, variant, jobs)
                 commands = sum(int(v["calls"]) for v in stats.values()) / jobs
                 minflt, cminflt, utime, stime, cutime, cstime = (
                     after - before

@@ -201,12 +201,20 @@ def _check(args: list[str], env: dict[str, str], timeout: float) -> str:
     return done.stdout
 
 
+def proc_stat(path: str) -> list[str] | None:
+    """The fields of a `/proc/<pid>[/task/<tid>]/stat` after the command name (so
+    index 7 is minflt, 11 utime, 13 cutime), or None once the process is gone."""
+    try:
+        with open(path) as stat:
+            return stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def _process_cpu_s(pid: int) -> float | None:
     """CPU seconds of a process, its threads and the children it has reaped."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except OSError:
+    fields = proc_stat(f"/proc/{pid}/stat")
+    if fields is None:
         return None
     return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
@@ -244,6 +252,29 @@ def _cpu_at(samples: list[tuple[float, float]], moment: float) -> float:
     return before[1] + share * (after[1] - before[1])
 
 
+def enqueue_fresh(peers: _Peers, variant: str, jobs: int) -> str:
+    """Empty Redis and the receivers, then enqueue `jobs` jobs the variant's way in a
+    process of its own; its output (the last line: the seconds spent enqueueing)."""
+    import redis
+
+    with redis.Redis.from_url(peers.url) as connection:
+        connection.flushall()
+    peers.otlp.clear()
+    peers.sentry.clear()
+    return _check(
+        [sys.executable, "-m", "bench.rq_rates", "--enqueue", variant, "--url", peers.url,
+         "--jobs", str(jobs)],
+        peers.env(variant),
+        timeout=600,
+    )  # fmt: skip
+
+
+def worker_command(url: str, variant: str, worker: str, queue: str = QUEUE) -> list[str]:
+    """`rq worker --burst` with the variant's classes, on `queue`."""
+    return [str(BIN / "rq"), "worker", "--burst", "--url", url, "-c", "bench.rq_rates",
+            *_WORKER_ARGS[(variant, worker)], queue]  # fmt: skip
+
+
 def _one_run(peers: _Peers, variant: str, worker: str, jobs: int) -> _Run:
     import json
 
@@ -251,25 +282,13 @@ def _one_run(peers: _Peers, variant: str, worker: str, jobs: int) -> _Run:
     from rq.job import Job, JobStatus
 
     connection = redis.Redis.from_url(peers.url)
-    connection.flushall()
-    peers.otlp.clear()
-    peers.sentry.clear()
     env = peers.env(variant)
-    out = _check(
-        [sys.executable, "-m", "bench.rq_rates", "--enqueue", variant, "--url", peers.url,
-         "--jobs", str(jobs)],
-        env,
-        timeout=600,
-    )  # fmt: skip
+    out = enqueue_fresh(peers, variant, jobs)
     spent = float(json.loads(out.strip().splitlines()[-1])["enqueue_s"])
     ids = [i.decode() for i in connection.lrange(f"rq:queue:{QUEUE}", 0, -1)]
     if len(ids) != jobs:
         raise RuntimeError(f"{variant}: {len(ids)} jobs queued, expected {jobs}")
-    samples = _work(
-        [str(BIN / "rq"), "worker", "--burst", "--url", peers.url, "-c", "bench.rq_rates",
-         *_WORKER_ARGS[(variant, worker)], QUEUE],
-        env,
-    )  # fmt: skip
+    samples = _work(worker_command(peers.url, variant, worker), env)
     done = [job for job in Job.fetch_many(ids, connection=connection) if job is not None]
     finished = sum(1 for job in done if job.get_status(refresh=False) == JobStatus.FINISHED)
     first = min(_utc(job.started_at) for job in done if job.started_at)

@@ -29,6 +29,14 @@ def _command(port: int, *words: str, timeout: float = 1.0) -> str:
         return conn.recv(65536).decode(errors="replace")
 
 
+def _role(port: int) -> list[str]:
+    """A server's ROLE: ["master"], or ["slave", its primary's port, its link state]."""
+    reply = _command(port, "ROLE").split("\r\n")
+    if reply[2] == "master":
+        return ["master"]
+    return [reply[2], reply[5].lstrip(":"), reply[7]]
+
+
 class SentinelDeployment(PeerContext):
     """`url` is the `redis+sentinel://` URL of the three sentinels and the service."""
 
@@ -127,13 +135,13 @@ class SentinelDeployment(PeerContext):
             primary = named.pop()
             for server in (self.primary, *self.replicas):
                 try:
-                    role = _command(server.port, "ROLE").split("\r\n")
+                    role = _role(server.port)
                 except OSError:
                     continue  # the one that was killed
                 if server.port == primary:
-                    if role[2] != "master":
+                    if role[0] != "master":
                         return False
-                elif role[2] != "slave" or role[5] != f":{primary}" or role[7] != "connected":
+                elif role[:3] != ["slave", str(primary), "connected"]:
                     return False
             return True
 
@@ -149,7 +157,7 @@ class SentinelDeployment(PeerContext):
         lines = []
         for server in (self.primary, *self.replicas):
             try:
-                role = _command(server.port, "ROLE").split("\r\n")[:6]
+                role = _role(server.port)
                 status = _command(server.port, "HGET", f"rq:job:{job_id}", "status")
                 held = _command(server.port, "LLEN", "rq:queue:default:intermediate")
             except OSError as error:
@@ -158,10 +166,10 @@ class SentinelDeployment(PeerContext):
             lines.append(f"{server.port}: role {role} status {status!r} intermediate {held!r}")
         for port in self.sentinel_ports:
             try:
-                reply = _command(port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)
-            except OSError as error:
-                reply = str(error)
-            lines.append(f"sentinel {port} names {reply.split()[-1:]} the primary")
+                named: object = self._named_primary(port)
+            except (OSError, ValueError, IndexError) as error:
+                named = error
+            lines.append(f"sentinel {port} names {named} the primary")
         if self._workdir is not None:
             for log in sorted(Path(self._workdir.name).glob("sentinel-*.log")):
                 lines.append(f"{log.name}:\n{log.read_text()[-4000:]}")
